@@ -1,0 +1,1 @@
+"""What runs the network: broker, PKI, Envoy configuration, supervisor, CLI."""

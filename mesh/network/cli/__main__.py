@@ -1,0 +1,5 @@
+import sys
+
+from mesh.network.cli import main
+
+sys.exit(main())

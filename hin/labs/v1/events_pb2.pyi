@@ -315,6 +315,11 @@ class TestResultPublished(_message.Message):
 
     CONTEXT_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
+    HISTORICAL_FIELD_NUMBER: _builtins.int
+    historical: _builtins.bool
+    """Result imported from an earlier record (FHIR import) rather than reported
+    now. Records files it; notification and billing ignore it.
+    """
     @_builtins.property
     def context(self) -> _types_pb2.EventContext: ...
     @_builtins.property
@@ -324,10 +329,11 @@ class TestResultPublished(_message.Message):
         *,
         context: _types_pb2.EventContext | None = ...,
         result: Global___TestResult | None = ...,
+        historical: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "result", b"result"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "result", b"result"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "historical", b"historical", "result", b"result"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

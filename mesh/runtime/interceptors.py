@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import grpc
@@ -15,7 +16,13 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 
 from mesh.runtime.errors import HinError
 from mesh.runtime.identity import Authenticator
-from mesh.runtime.principal import reset_principal, set_principal
+from mesh.runtime.principal import (
+    ANONYMOUS,
+    Principal,
+    current_principal,
+    reset_principal,
+    set_principal,
+)
 from mesh.runtime.telemetry import current_trace_id
 
 logger = logging.getLogger(__name__)
@@ -26,6 +33,23 @@ PUBLIC_METHOD_PREFIXES = (
     "/grpc.reflection.v1alpha.ServerReflection/",
     "/grpc.reflection.v1.ServerReflection/",
 )
+
+
+@dataclass(frozen=True)
+class CallOutcome:
+    """How one RPC ended, passed to the ``on_finish`` hook before the answer."""
+
+    method: str
+    principal: Principal
+    code: grpc.StatusCode
+    #: ErrorInfo reason of a HinError, such as "TOKEN_EXPIRED"; else "".
+    reason: str
+    trace_id: str
+
+
+#: Awaited before each RPC's status is sent, so a durable write it makes
+#: (an audit record) is done before the caller sees the answer.
+FinishHook = Callable[[CallOutcome], Awaitable[None]]
 
 
 class ServerInterceptor(grpc.aio.ServerInterceptor):
@@ -43,10 +67,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         service: str,
         authenticator: Authenticator,
         tracer_provider: trace.TracerProvider,
+        on_finish: FinishHook | None = None,
     ) -> None:
         self._service = service
         self._authenticator = authenticator
         self._tracer = tracer_provider.get_tracer("mesh.runtime.server")
+        self._on_finish = on_finish
 
     async def intercept_service(
         self,
@@ -84,6 +110,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     await scope.fail(exc, context)
                     raise
                 scope.succeed()
+                await scope.report()
                 return response
 
         return call
@@ -99,6 +126,7 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
                     await scope.fail(exc, context)
                     raise
                 scope.succeed()
+                await scope.report()
 
         return call
 
@@ -158,15 +186,35 @@ class _CallScope:
     def succeed(self) -> None:
         self._code = grpc.StatusCode.OK
 
+    async def report(self, reason: str = "") -> None:
+        """Await the interceptor's on_finish hook with this call's outcome."""
+        hook = self._interceptor._on_finish
+        if hook is None:
+            return
+        principal = (
+            current_principal() if self._principal_token is not None else ANONYMOUS
+        )
+        await hook(
+            CallOutcome(
+                method=self._method,
+                principal=principal,
+                code=self._code,
+                reason=reason,
+                trace_id=current_trace_id(),
+            )
+        )
+
     async def fail(self, exc: BaseException, context: grpc.aio.ServicerContext) -> None:
         if isinstance(exc, asyncio.CancelledError):
             self._code = grpc.StatusCode.CANCELLED
             return
         if isinstance(exc, grpc.aio.AbortError):
             self._code = context.code() or grpc.StatusCode.UNKNOWN
+            await self.report()
             return
         if isinstance(exc, HinError):
             self._code = exc.code
+            await self.report(exc.reason)
             status = exc.to_status()
             await context.abort(
                 exc.code,
@@ -174,6 +222,7 @@ class _CallScope:
                 trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
             )
         self._code = grpc.StatusCode.INTERNAL
+        await self.report()
         trace_id = current_trace_id()
         logger.exception(
             "unhandled error in RPC", extra={"rpc_method": self._method, "trace_id": trace_id}

@@ -95,6 +95,7 @@ class ServiceHost:
         self._server: grpc.aio.Server | None = None
         self._health = health.aio.HealthServicer()
         self._bus: Any = None
+        self.authorizer: Authorizer | None = None
         self._tasks: list[asyncio.Task[None]] = []
 
     async def start(self) -> int:
@@ -108,7 +109,9 @@ class ServiceHost:
             db=self.db,
             tracer_provider=self.tracer_provider,
         )
-        authorizer = self._authorizer or make_authorizer(self.settings)
+        self.authorizer = authorizer = self._authorizer or make_authorizer(
+            self.settings
+        )
         self.spec = spec = self._build(
             BuildContext(
                 settings=self.settings,
@@ -150,6 +153,9 @@ class ServiceHost:
                     service=spec.name,
                     authenticator=authenticator,
                     tracer_provider=self.tracer_provider,
+                    # An authorizer with an audit_call method (RemoteAuthorizer)
+                    # audits the calls that end without an access decision.
+                    on_finish=getattr(self.authorizer, "audit_call", None),
                 )
             ],
             options=SERVER_OPTIONS,

@@ -1,0 +1,459 @@
+"""Outbox relay: publish committed outbox rows to Kafka, in order, at least once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, Status, StatusCode
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from sqlalchemy import Row, delete, func, select, update
+
+from mesh.runtime.events.envelope import HeaderValue, cloudevents_headers
+from mesh.runtime.events.outbox import Outbox
+from mesh.runtime.events.tables import inbox_table, outbox_table
+from mesh.runtime.storage import Database
+
+logger = logging.getLogger(__name__)
+
+_propagator = TraceContextTextMapPropagator()
+
+ProducerFactory = Callable[[dict[str, Any]], Producer]
+#: Called with the seq numbers of a batch after the broker confirmed all of
+#: them and before they are marked sent; tests use it to crash at that point.
+DeliveryHook = Callable[[Sequence[int]], None]
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """Tuning of one relay; docs/platform.md lists the matching settings."""
+
+    #: Fallback poll when no commit woke the relay, in seconds.
+    poll_interval: float = 1.0
+    #: Rows read and produced per round trip.
+    batch_size: int = 500
+    #: Time the broker gets to confirm a batch, in seconds. A producer that
+    #: reports nothing by then is taken as stalled and replaced.
+    delivery_timeout: float = 10.0
+    #: Sent outbox rows older than this are deleted; None keeps them forever.
+    outbox_retention: timedelta | None = timedelta(days=30)
+    #: Inbox rows older than this are deleted; None keeps them forever.
+    inbox_retention: timedelta | None = timedelta(days=90)
+    #: Time between two prunes, in seconds.
+    prune_interval: float = 3600.0
+
+
+def producer_config(
+    *, bootstrap: str, client_id: str, extra: Mapping[str, str], delivery_timeout: float
+) -> dict[str, Any]:
+    """Build the librdkafka settings of an idempotent producer.
+
+    Keys in ``extra`` (HIN_KAFKA_CONFIG) override the defaults unchanged.
+    """
+    config: dict[str, Any] = {
+        "bootstrap.servers": bootstrap,
+        "client.id": client_id,
+        # Idempotence with acks=all: the broker stores each record once per
+        # producer session and in produce order within a partition.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "message.timeout.ms": int(delivery_timeout * 1000),
+        # The same key-to-partition mapping as the Java client, so records of
+        # one key land on one partition whichever client wrote them.
+        "partitioner": "murmur2_random",
+    }
+    config.update(extra)
+    return config
+
+
+class OutboxRelay:
+    """Publish pending outbox rows in commit order and mark them sent.
+
+    A row counts as sent only after its delivery report succeeded, so a crash
+    at any point re-sends rather than loses; consumers skip what they already
+    applied. The relay runs on its own thread: start, flush with a deadline,
+    stop with a deadline.
+    """
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: Outbox,
+        producer_config: Mapping[str, Any],
+        tracer_provider: trace.TracerProvider,
+        options: RelayOptions = RelayOptions(),
+        ensure_topics: Callable[[], None] | None = None,
+        producer_factory: ProducerFactory = Producer,
+        after_delivery: DeliveryHook | None = None,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._producer_config = dict(producer_config)
+        self._tracer = tracer_provider.get_tracer("mesh.runtime.events.relay")
+        self._options = options
+        self._ensure_topics = ensure_topics
+        self._producer_factory = producer_factory
+        self._after_delivery = after_delivery
+        self._producer: Producer | None = None
+        self._fatal_error: KafkaError | None = None
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._idle = threading.Event()
+        self._idle_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._failures = 0
+        self._next_prune = 0.0
+
+    def start(self) -> None:
+        """Start the relay thread and publish whatever is pending."""
+        if self._thread is not None:
+            return
+        self._outbox.subscribe(self.wake)
+        self._thread = threading.Thread(
+            target=self._run, name=f"outbox-relay-{self._outbox.service}", daemon=True
+        )
+        self._thread.start()
+        logger.info("outbox relay started", extra={"source": self._outbox.source})
+
+    def wake(self) -> None:
+        """Publish soon; called after a commit that added outbox rows."""
+        with self._idle_lock:
+            self._idle.clear()
+            self._wake.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until nothing is pending; return False when ``timeout`` passed."""
+        if self._thread is None:
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                if self.publish_pending() == 0 and self.pending_count() == 0:
+                    return True
+            return False
+        self.wake()
+        return self._idle.wait(timeout)
+
+    def stop(self, timeout: float) -> None:
+        """Publish what is pending within ``timeout`` seconds, then stop."""
+        if self._thread is None:
+            return
+        flushed = self.flush(timeout)
+        self._stopping.set()
+        self._wake.set()
+        self._thread.join(timeout)
+        self._outbox.unsubscribe(self.wake)
+        self._close_producer(timeout=max(0.0, min(timeout, 5.0)))
+        self._thread = None
+        logger.info(
+            "outbox relay stopped",
+            extra={"flushed": flushed, "pending": self._safe_pending_count()},
+        )
+
+    def pending_count(self) -> int:
+        """Return the number of rows not yet confirmed by the broker."""
+        with self._db.transaction() as session:
+            count = session.connection().scalar(
+                select(func.count())
+                .select_from(outbox_table)
+                .where(outbox_table.c.sent_at.is_(None))
+            )
+            return int(count or 0)
+
+    def publish_pending(self) -> int:
+        """Publish pending rows batch by batch; return how many were confirmed.
+
+        Stops at the first batch with a failure, so that a later row never
+        overtakes an earlier one of the same key by more than one batch.
+        """
+        total = 0
+        while not self._stopping.is_set():
+            rows = self._load_pending()
+            if not rows:
+                return total
+            confirmed, complete = self._publish_batch(rows)
+            total += confirmed
+            if not complete:
+                return total
+        return total
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                self.publish_pending()
+                self._prune_if_due()
+                pending = self.pending_count()
+            except Exception:
+                logger.exception("outbox relay pass failed; retrying")
+                pending = -1
+            if pending == 0:
+                self._failures = 0
+                with self._idle_lock:
+                    # A commit that woke the relay during this pass may have
+                    # added rows after they were counted.
+                    if not self._wake.is_set():
+                        self._idle.set()
+                self._wake.wait(self._options.poll_interval)
+            else:
+                # Something is still pending after a full pass, so the broker
+                # or the database failed: back off, but wake on new commits.
+                self._failures += 1
+                backoff = min(0.1 * 2 ** min(self._failures, 6), 5.0)
+                self._wake.wait(min(backoff, self._options.poll_interval * 5))
+
+    def _load_pending(self) -> list[Row[Any]]:
+        with self._db.transaction() as session:
+            result = session.connection().execute(
+                select(outbox_table)
+                .where(outbox_table.c.sent_at.is_(None))
+                .order_by(outbox_table.c.seq)
+                .limit(self._options.batch_size)
+            )
+            return list(result.all())
+
+    def _publish_batch(self, rows: Sequence[Row[Any]]) -> tuple[int, bool]:
+        """Produce ``rows``, wait for their reports, mark the confirmed ones."""
+        producer = self._current_producer()
+        reports: dict[int, KafkaError | None] = {}
+
+        # Produce every row, each under its own producer span whose parent is
+        # the span that wrote the row.
+        produced_all = True
+        try:
+            for row in rows:
+                self._produce(producer, row, reports)
+        except KafkaException as exc:
+            produced_all = False
+            logger.warning(
+                "producing outbox rows failed", extra={"error": str(exc.args[0])}
+            )
+
+        # Wait for the delivery reports. A producer that reports nothing
+        # within the deadline is stalled (the embedded broker does that after
+        # a restart), and so is one with a fatal error such as
+        # UNKNOWN_PRODUCER_ID; both are replaced and the rows re-sent.
+        deadline = time.monotonic() + self._options.delivery_timeout + 2.0
+        while produced_all and len(reports) < len(rows) and not self._fatal_error:
+            if time.monotonic() > deadline:
+                break
+            producer.poll(0.05)
+        if not produced_all:
+            self._replace_producer(reason="produce failed")
+        elif self._fatal_error is not None:
+            self._replace_producer(reason=f"fatal error {self._fatal_error.name()}")
+        elif len(reports) < len(rows):
+            self._replace_producer(reason="no delivery reports before the deadline")
+
+        confirmed = [seq for seq, error in reports.items() if error is None]
+        failed = {seq: error for seq, error in reports.items() if error is not None}
+        if confirmed and self._after_delivery is not None:
+            self._after_delivery(confirmed)
+        self._mark(confirmed, failed)
+        complete = len(confirmed) == len(rows)
+        if not complete:
+            logger.warning(
+                "outbox rows not confirmed; they will be re-sent",
+                extra={
+                    "confirmed": len(confirmed),
+                    "failed": len(failed),
+                    "unreported": len(rows) - len(reports),
+                },
+            )
+        return len(confirmed), complete
+
+    def _produce(
+        self, producer: Producer, row: Row[Any], reports: dict[int, KafkaError | None]
+    ) -> None:
+        parent = _propagator.extract(
+            {"traceparent": row.traceparent, "tracestate": row.tracestate}
+        )
+        span = self._tracer.start_span(
+            f"{row.topic} publish",
+            context=parent,
+            kind=SpanKind.PRODUCER,
+            attributes={
+                "messaging.system": "kafka",
+                "messaging.operation.type": "send",
+                "messaging.destination.name": row.topic,
+                "messaging.message.id": row.event_id,
+                "cloudevents.event_type": row.event_type,
+            },
+        )
+        carrier: dict[str, str] = {}
+        _propagator.inject(carrier, context=trace.set_span_in_context(span, parent))
+        headers = cloudevents_headers(
+            event_id=row.event_id,
+            source=row.source,
+            event_type=row.event_type,
+            time=_as_utc(row.created_at),
+            subject=row.subject,
+            traceparent=carrier.get("traceparent", ""),
+            tracestate=carrier.get("tracestate", ""),
+        )
+
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            reports[row.seq] = error
+            if error is None:
+                span.set_attribute(
+                    "messaging.kafka.destination.partition", message.partition() or 0
+                )
+                span.set_attribute("messaging.kafka.offset", message.offset() or 0)
+            else:
+                span.set_status(Status(StatusCode.ERROR, error.name()))
+            span.end()
+
+        token = otel_context.attach(trace.set_span_in_context(span, parent))
+        try:
+            self._produce_one(producer, row, headers, on_delivery)
+        except BaseException:
+            span.end()
+            raise
+        finally:
+            otel_context.detach(token)
+
+    def _produce_one(
+        self,
+        producer: Producer,
+        row: Row[Any],
+        headers: list[tuple[str, HeaderValue]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        while True:
+            try:
+                producer.produce(
+                    row.topic,
+                    value=row.payload,
+                    key=row.key.encode(),
+                    headers=headers,
+                    on_delivery=on_delivery,
+                )
+                return
+            except BufferError:
+                # The local queue is full: serve delivery reports to drain it.
+                producer.poll(0.1)
+
+    def _mark(self, confirmed: Sequence[int], failed: Mapping[int, KafkaError]) -> None:
+        now = datetime.now(UTC)
+        with self._db.transaction() as session:
+            connection = session.connection()
+            if confirmed:
+                connection.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.seq.in_(confirmed))
+                    .where(outbox_table.c.sent_at.is_(None))
+                    .values(
+                        sent_at=now, send_attempts=outbox_table.c.send_attempts + 1
+                    )
+                )
+            for seq, error in failed.items():
+                connection.execute(
+                    update(outbox_table)
+                    .where(outbox_table.c.seq == seq)
+                    .values(
+                        send_attempts=outbox_table.c.send_attempts + 1,
+                        last_error=f"{error.name()}: {error.str()}"[:1000],
+                    )
+                )
+
+    def _current_producer(self) -> Producer:
+        if self._producer is None:
+            config = dict(self._producer_config)
+            config["error_cb"] = self._on_error
+            self._fatal_error = None
+            self._producer = self._producer_factory(config)
+        return self._producer
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.fatal():
+            self._fatal_error = error
+            logger.warning("producer fatal error", extra={"error": error.name()})
+        else:
+            logger.debug("producer error", extra={"error": error.name()})
+
+    def _replace_producer(self, *, reason: str) -> None:
+        logger.warning("replacing the outbox producer", extra={"reason": reason})
+        self._close_producer(timeout=0.0)
+        if self._ensure_topics is not None:
+            # A broker that lost its data lost the topics too; recreate them
+            # with their partition count before the re-send auto-creates them.
+            try:
+                self._ensure_topics()
+            except Exception as exc:
+                logger.warning("creating topics failed", extra={"error": str(exc)})
+
+    def _close_producer(self, *, timeout: float) -> None:
+        producer, self._producer = self._producer, None
+        if producer is None:
+            return
+        if timeout > 0:
+            producer.flush(timeout)
+        # Purging fails what is still queued, so destroying the producer does
+        # not wait for a broker that will never answer.
+        producer.purge(in_queue=True, in_flight=True, blocking=False)
+        producer.poll(0)
+
+    def _prune_if_due(self) -> None:
+        now = time.monotonic()
+        if now < self._next_prune:
+            return
+        self._next_prune = now + self._options.prune_interval
+        prune(
+            self._db,
+            outbox_retention=self._options.outbox_retention,
+            inbox_retention=self._options.inbox_retention,
+        )
+
+    def _safe_pending_count(self) -> int:
+        try:
+            return self.pending_count()
+        except Exception:
+            return -1
+
+
+def prune(
+    db: Database,
+    *,
+    outbox_retention: timedelta | None,
+    inbox_retention: timedelta | None,
+) -> tuple[int, int]:
+    """Delete sent outbox rows and inbox rows past their retention.
+
+    Returns the number of outbox and inbox rows deleted. Pending outbox rows
+    are never deleted.
+    """
+    now = datetime.now(UTC)
+    outbox_deleted = inbox_deleted = 0
+    with db.transaction() as session:
+        connection = session.connection()
+        if outbox_retention is not None:
+            outbox_deleted = connection.execute(
+                delete(outbox_table)
+                .where(outbox_table.c.sent_at.is_not(None))
+                .where(outbox_table.c.sent_at < now - outbox_retention)
+            ).rowcount
+        if inbox_retention is not None:
+            inbox_deleted = connection.execute(
+                delete(inbox_table).where(
+                    inbox_table.c.applied_at < now - inbox_retention
+                )
+            ).rowcount
+    if outbox_deleted or inbox_deleted:
+        logger.info(
+            "pruned event tables",
+            extra={"outbox_rows": outbox_deleted, "inbox_rows": inbox_deleted},
+        )
+    return outbox_deleted, inbox_deleted
+
+
+def _as_utc(moment: datetime) -> datetime:
+    # SQLite returns naive datetimes; the outbox stores UTC.
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)

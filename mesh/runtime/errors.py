@@ -47,9 +47,7 @@ class HinError(Exception):
 
     def to_status(self) -> status_pb2.Status:
         """Build the google.rpc.Status, with BadRequest and ErrorInfo details."""
-        status = status_pb2.Status(
-            code=_RPC_CODES[self.code], message=self.message
-        )
+        status = status_pb2.Status(code=_RPC_CODES[self.code], message=self.message)
         info = error_details_pb2.ErrorInfo(
             reason=self.reason, domain=ERROR_DOMAIN, metadata=self.metadata
         )
@@ -106,7 +104,9 @@ class Unavailable(HinError):
     retryable = True
 
 
-def _pack(message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest) -> any_pb2.Any:
+def _pack(
+    message: error_details_pb2.ErrorInfo | error_details_pb2.BadRequest,
+) -> any_pb2.Any:
     packed = any_pb2.Any()
     packed.Pack(message)
     return packed

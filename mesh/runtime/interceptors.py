@@ -76,7 +76,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
     async def intercept_service(
         self,
-        continuation: Callable[[grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]],
+        continuation: Callable[
+            [grpc.HandlerCallDetails], Awaitable[grpc.RpcMethodHandler]
+        ],
         handler_call_details: grpc.HandlerCallDetails,
     ) -> grpc.RpcMethodHandler:
         handler = await continuation(handler_call_details)
@@ -100,7 +102,9 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
         # Client-streaming methods are not used in HIN's contracts.
         return handler
 
-    def _wrap_unary(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
+    def _wrap_unary(
+        self, method: str, behavior: Callable[..., Any]
+    ) -> Callable[..., Any]:
         async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
             with self._enter(method, context) as scope:
                 try:
@@ -115,8 +119,12 @@ class ServerInterceptor(grpc.aio.ServerInterceptor):
 
         return call
 
-    def _wrap_stream(self, method: str, behavior: Callable[..., Any]) -> Callable[..., Any]:
-        async def call(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
+    def _wrap_stream(
+        self, method: str, behavior: Callable[..., Any]
+    ) -> Callable[..., Any]:
+        async def call(
+            request: Any, context: grpc.aio.ServicerContext
+        ) -> AsyncIterator[Any]:
             with self._enter(method, context) as scope:
                 try:
                     scope.raise_pending()
@@ -219,13 +227,16 @@ class _CallScope:
             await context.abort(
                 exc.code,
                 exc.message,
-                trailing_metadata=(("grpc-status-details-bin", status.SerializeToString()),),
+                trailing_metadata=(
+                    ("grpc-status-details-bin", status.SerializeToString()),
+                ),
             )
         self._code = grpc.StatusCode.INTERNAL
         await self.report()
         trace_id = current_trace_id()
         logger.exception(
-            "unhandled error in RPC", extra={"rpc_method": self._method, "trace_id": trace_id}
+            "unhandled error in RPC",
+            extra={"rpc_method": self._method, "trace_id": trace_id},
         )
         await context.abort(
             grpc.StatusCode.INTERNAL,

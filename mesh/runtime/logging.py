@@ -46,7 +46,9 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(line, ensure_ascii=False)
 
 
-def configure_logging(*, service: str, level: str = "INFO", instance_id: str = "0") -> None:
+def configure_logging(
+    *, service: str, level: str = "INFO", instance_id: str = "0"
+) -> None:
     """Send every log record of the process to stderr as JSON lines."""
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter(service=service, instance_id=instance_id))

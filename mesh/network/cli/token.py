@@ -23,12 +23,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "token", help="mint a development token (signed by <state>/keys)"
     )
     parser.add_argument(
-        "--role", action="append", required=True, choices=ROLES,
+        "--role",
+        action="append",
+        required=True,
+        choices=ROLES,
         help="role of the person; repeat for several",
     )
     parser.add_argument("--subject", required=True, help="subject (sub claim)")
     parser.add_argument("--org", required=True, help="organization (hospital) id")
-    parser.add_argument("--practitioner", default="", help="practitioner id the person is")
+    parser.add_argument(
+        "--practitioner", default="", help="practitioner id the person is"
+    )
     parser.add_argument("--patient", default="", help="patient id the person is")
     parser.add_argument(
         "--ttl", type=int, default=3600, help="lifetime in seconds (default 3600)"

@@ -58,14 +58,20 @@ class Database:
             _configure_sqlite(engine)
             return engine
         return create_engine(
-            self.url, echo=echo, pool_size=pool_size, max_overflow=pool_size,
+            self.url,
+            echo=echo,
+            pool_size=pool_size,
+            max_overflow=pool_size,
             pool_pre_ping=True,
         )
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
         """Yield a session in one transaction; commit on exit, roll back on error."""
-        with self._write_guard(), Session(self.engine, expire_on_commit=False) as session:
+        with (
+            self._write_guard(),
+            Session(self.engine, expire_on_commit=False) as session,
+        ):
             try:
                 yield session
                 session.commit()

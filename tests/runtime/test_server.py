@@ -273,3 +273,21 @@ def test_json_log_line_has_trace_ids() -> None:
     assert line["span_id"] == format(span.get_span_context().span_id, "016x")
     assert line["service"] == "echo"
     assert line["patient_id"] == "p-1"
+
+
+async def test_client_span_is_parent_of_server_span(running) -> None:
+    from mesh.runtime.channels import insecure_channel
+
+    host, _, _, exporter = running
+    exporter.clear()
+    client_provider = TracerProvider()
+    client_exporter = InMemorySpanExporter()
+    client_provider.add_span_processor(SimpleSpanProcessor(client_exporter))
+    async with insecure_channel(
+        f"127.0.0.1:{host.port}", tracer_provider=client_provider
+    ) as channel:
+        await pb_grpc.EchoServiceStub(channel).Echo(pb.EchoRequest(message="c"))
+    (client_span,) = client_exporter.get_finished_spans()
+    (server_span,) = exporter.get_finished_spans()
+    assert server_span.context.trace_id == client_span.context.trace_id
+    assert server_span.parent.span_id == client_span.context.span_id

@@ -1,0 +1,1 @@
+"""Benchmark suite: each figure measured beside its floor in the same run."""

@@ -24,7 +24,7 @@ node_modules/.bin/buf: package.json
 demo: setup
 	$(BIN)/hin demo
 
-test: setup lint buf-lint
+test: setup lint buf-lint buf-breaking
 	$(BIN)/pytest -q -p no:cacheprovider
 
 protos: $(STAMP)
@@ -40,9 +40,11 @@ typecheck: $(STAMP)
 buf-lint: node_modules/.bin/buf
 	buf lint
 
-# Compare protos with the previous commit of main.
+# Compare protos with the previous commit of main, when there is one.
 buf-breaking: node_modules/.bin/buf
-	buf breaking --against '.git#ref=HEAD~1'
+	@if git rev-parse --verify --quiet HEAD~1 >/dev/null; then \
+		buf breaking --against '.git#ref=HEAD~1'; \
+	else echo "buf breaking: no previous commit to compare with"; fi
 
 clean:
 	rm -rf $(VENV) node_modules .hin

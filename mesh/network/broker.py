@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import socket
@@ -24,6 +25,33 @@ STOP_TIMEOUT_SECONDS = 5.0
 
 class BrokerError(RuntimeError):
     """The embedded broker could not be found, started or reached."""
+
+
+def bootstrap_from_environment(state_dir: Path) -> str:
+    """Return the broker address for a command run outside any service.
+
+    KAFKA_BOOTSTRAP_SERVERS wins; otherwise ``<state>/network.json`` key
+    ``kafka_bootstrap``, which ``hin up`` writes.
+
+    Raises:
+        BrokerError: neither is set.
+    """
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "")
+    if bootstrap:
+        return bootstrap
+    network_file = state_dir / "network.json"
+    if network_file.exists():
+        try:
+            network = json.loads(network_file.read_text())
+            bootstrap = str(network.get("kafka_bootstrap", ""))
+        except (ValueError, AttributeError) as exc:
+            raise BrokerError(f"{network_file} is not a JSON object: {exc}") from exc
+        if bootstrap:
+            return bootstrap
+    raise BrokerError(
+        "no broker address: set KAFKA_BOOTSTRAP_SERVERS, or start the network "
+        f"with hin up so that {network_file} names it"
+    )
 
 
 def tansu_binary() -> Path:

@@ -12,6 +12,7 @@ from mesh.runtime.events.consumer import (
     EventConsumer,
     Handler,
     InvalidEvent,
+    apply_event,
     consumer_config,
 )
 from mesh.runtime.events.envelope import (
@@ -35,6 +36,7 @@ __all__ = [
     "OutboxRelay",
     "RelayOptions",
     "add_event_tables",
+    "apply_event",
     "all_event_topics",
     "consumer_config",
     "context_topics",

@@ -36,6 +36,7 @@ from tenacity import (
 
 from mesh.runtime.events import envelope as env
 from mesh.runtime.events.envelope import Envelope, current_envelope
+from mesh.runtime.events.kafka_log import KAFKA_LOGGER
 from mesh.runtime.events.tables import inbox_table
 from mesh.runtime.principal import Principal, PrincipalKind, set_principal
 from mesh.runtime.storage import Database
@@ -46,9 +47,10 @@ _propagator = TraceContextTextMapPropagator()
 
 E = TypeVar("E", bound=Message)
 
-#: Called with the envelope after the handler's transaction committed and
-#: before the offset commit; tests use it to crash at that point.
-TransactionHook = Callable[[Envelope], None]
+#: Called with the envelope and whether the event was applied (False: it was
+#: applied before) after the transaction committed and before the offset
+#: commit. Tests use it to crash at that point.
+TransactionHook = Callable[[Envelope, bool], None]
 
 
 @dataclass(frozen=True)
@@ -112,6 +114,7 @@ def consumer_config(
         # The embedded broker never answers a waiting fetch early, so this
         # bounds the produce-to-consume latency.
         "fetch.wait.max.ms": 10,
+        "logger": KAFKA_LOGGER,
     }
     config.update(extra)
     return config
@@ -305,7 +308,7 @@ class EventConsumer:
             )
 
         if self._after_transaction is not None:
-            self._after_transaction(envelope)
+            self._after_transaction(envelope, applied)
         logger.info(
             "event applied" if applied else "event already applied; skipped",
             extra={
@@ -335,38 +338,16 @@ class EventConsumer:
             before_sleep=self._log_retry(envelope),
             reraise=True,
         )
-        return bool(retrying(self._apply, handler, event, envelope))
-
-    def _apply(self, handler: Handler[Any], event: Message, envelope: Envelope) -> bool:
-        """Run the handler and write the inbox row in one transaction.
-
-        Returns False when the inbox shows the event as applied already.
-        """
-        with self._db.transaction() as session, _bound(envelope):
-            connection = session.connection()
-            seen = connection.scalar(
-                select(inbox_table.c.event_id)
-                .where(inbox_table.c.consumer_group == self.group_id)
-                .where(inbox_table.c.event_id == envelope.id)
+        return bool(
+            retrying(
+                apply_event,
+                self._db,
+                group_id=self.group_id,
+                handler=handler,
+                event=event,
+                envelope=envelope,
             )
-            if seen is not None:
-                return False
-            handler.fn(session, event, envelope)
-            # The primary key (group, event id) also rejects a concurrent
-            # duplicate: that transaction fails and its retry sees this row.
-            session.flush()
-            connection.execute(
-                insert(inbox_table).values(
-                    consumer_group=self.group_id,
-                    event_id=envelope.id,
-                    event_type=envelope.type,
-                    topic=envelope.topic,
-                    partition=envelope.partition,
-                    offset=envelope.offset,
-                    applied_at=datetime.now(UTC),
-                )
-            )
-            return True
+        )
 
     def _sleep(self, seconds: float) -> None:
         if self._stopping.wait(seconds):
@@ -482,6 +463,47 @@ class EventConsumer:
         logger.warning(
             "consumer error", extra={"error": error.name(), "detail": error.str()}
         )
+
+
+def apply_event(
+    db: Database,
+    *,
+    group_id: str,
+    handler: Handler[Any],
+    event: Message,
+    envelope: Envelope,
+) -> bool:
+    """Run the handler and write the inbox row in one transaction.
+
+    Returns False, without running the handler, when the inbox shows that
+    ``group_id`` applied the event before. An exception from the handler
+    rolls back both its effect and the inbox row.
+    """
+    with db.transaction() as session, _bound(envelope):
+        connection = session.connection()
+        seen = connection.scalar(
+            select(inbox_table.c.event_id)
+            .where(inbox_table.c.consumer_group == group_id)
+            .where(inbox_table.c.event_id == envelope.id)
+        )
+        if seen is not None:
+            return False
+        handler.fn(session, event, envelope)
+        # The primary key (group, event id) also rejects a concurrent
+        # duplicate: that transaction fails and its retry sees this row.
+        session.flush()
+        connection.execute(
+            insert(inbox_table).values(
+                consumer_group=group_id,
+                event_id=envelope.id,
+                event_type=envelope.type,
+                topic=envelope.topic,
+                partition=envelope.partition,
+                offset=envelope.offset,
+                applied_at=datetime.now(UTC),
+            )
+        )
+        return True
 
 
 def _is_retryable(error: BaseException) -> bool:

@@ -18,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy import Row, delete, func, select, update
 
 from mesh.runtime.events.envelope import HeaderValue, cloudevents_headers
+from mesh.runtime.events.kafka_log import KAFKA_LOGGER
 from mesh.runtime.events.outbox import Outbox
 from mesh.runtime.events.tables import inbox_table, outbox_table
 from mesh.runtime.storage import Database
@@ -30,6 +31,10 @@ ProducerFactory = Callable[[dict[str, Any]], Producer]
 #: Called with the seq numbers of a batch after the broker confirmed all of
 #: them and before they are marked sent; tests use it to crash at that point.
 DeliveryHook = Callable[[Sequence[int]], None]
+
+
+class RelayError(RuntimeError):
+    """The broker did not confirm every outbox row of a replay."""
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,7 @@ def producer_config(
         # The same key-to-partition mapping as the Java client, so records of
         # one key land on one partition whichever client wrote them.
         "partitioner": "murmur2_random",
+        "logger": KAFKA_LOGGER,
     }
     config.update(extra)
     return config
@@ -185,6 +191,43 @@ class OutboxRelay:
                 return total
         return total
 
+    def republish(self, *, since: datetime | None, until: datetime | None) -> int:
+        """Publish again every row created in [since, until), sent or not.
+
+        This is the recovery path after the broker lost records; consumers
+        skip the events they already applied. Returns the number of rows
+        confirmed.
+
+        Raises:
+            RelayError: the broker did not confirm every row.
+        """
+        total = 0
+        after = 0
+        while True:
+            rows = self._load_range(since=since, until=until, after=after)
+            if not rows:
+                return total
+            confirmed, complete = self._publish_batch(rows)
+            total += confirmed
+            if not complete:
+                raise RelayError(
+                    f"the broker confirmed {total} rows and failed the batch after "
+                    f"outbox seq {after}; run the replay again when it is reachable"
+                )
+            after = rows[-1].seq
+
+    def _load_range(
+        self, *, since: datetime | None, until: datetime | None, after: int
+    ) -> list[Row[Any]]:
+        query = select(outbox_table).where(outbox_table.c.seq > after)
+        if since is not None:
+            query = query.where(outbox_table.c.created_at >= _as_utc(since))
+        if until is not None:
+            query = query.where(outbox_table.c.created_at < _as_utc(until))
+        query = query.order_by(outbox_table.c.seq).limit(self._options.batch_size)
+        with self._db.transaction() as session:
+            return list(session.connection().execute(query).all())
+
     def _run(self) -> None:
         while not self._stopping.is_set():
             self._wake.clear()
@@ -245,7 +288,11 @@ class OutboxRelay:
         while produced_all and len(reports) < len(rows) and not self._fatal_error:
             if time.monotonic() > deadline:
                 break
-            producer.poll(0.05)
+            try:
+                producer.poll(0.05)
+            except KafkaException as exc:
+                # A fatal error raised from poll() ends this producer as well.
+                self._fatal_error = exc.args[0]
         if not produced_all:
             self._replace_producer(reason="produce failed")
         elif self._fatal_error is not None:
@@ -455,5 +502,7 @@ def prune(
 
 
 def _as_utc(moment: datetime) -> datetime:
-    # SQLite returns naive datetimes; the outbox stores UTC.
-    return moment if moment.tzinfo is not None else moment.replace(tzinfo=UTC)
+    # The outbox stores UTC, and SQLite returns it as naive datetimes.
+    if moment.tzinfo is None:
+        return moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC)

@@ -1,0 +1,1 @@
+"""svc_billing: price list, charges, invoices, coverage, claims and payments."""

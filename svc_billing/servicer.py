@@ -1,0 +1,917 @@
+"""BillingService servicer: validate, authorize, then run one transaction."""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+import re
+from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+import grpc
+from sqlalchemy import func
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session, col, select
+
+from hin.billing.v1 import billing_service_pb2 as pb
+from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from hin.common.v1 import fhir_pb2
+from hin.common.v1 import types_pb2 as types
+from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.storage import Database
+from mesh.runtime.validation import Violations
+from svc_billing import claims, convert, domain, fhir_import, ledger, store
+from svc_billing.payer import Payer
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+READ = "billing.billing.read"
+WRITE = "billing.billing.write"
+PRICE_WRITE = "billing.admin.write"
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+MAX_QUANTITY = 10_000
+CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
+PAYMENT_METHODS = ("cash", "card", "transfer", "payer-remittance")
+
+
+class BillingServicer(pb_grpc.BillingServiceServicer):
+    """Translate BillingService calls into ledger and claim operations."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        outbox: ledger.OutboxWriter,
+        authorizer: Authorizer,
+        payer: Payer,
+        vat_basis_points: int,
+    ) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._authorizer = authorizer
+        self._payer = payer
+        self._vat_basis_points = vat_basis_points
+
+    # Prices ----------------------------------------------------------------
+
+    async def ListPrices(
+        self, request: pb.ListPricesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPricesResponse:
+        v = Violations()
+        offset, size = check_page(v, request.page)
+        as_of = check_date(v, request.as_of, "as_of") if request.HasField(
+            "as_of"
+        ) else None
+        v.check()
+        await authorize(self._authorizer, action=READ)
+
+        def load(session: Session) -> list[pb.PriceEntry]:
+            statement = select(store.PriceRow)
+            if request.system:
+                statement = statement.where(store.PriceRow.system == request.system)
+            rows = session.exec(
+                statement.order_by(
+                    col(store.PriceRow.system),
+                    col(store.PriceRow.code),
+                    col(store.PriceRow.effective_from),
+                )
+            )
+            return [
+                convert.price(row)
+                for row in rows
+                if as_of is None or row.to_domain().applies_on(as_of)
+            ]
+
+        items = await self._db.run(load)
+        return pb.ListPricesResponse(
+            prices=items[offset : offset + size],
+            page=page_response(items, offset, size),
+        )
+
+    async def SetPrice(
+        self, request: pb.SetPriceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SetPriceResponse:
+        v = Violations()
+        check_coding(v, request.service, "service")
+        check_money(v, request.unit_price, "unit_price", required=True)
+        day = check_date(v, request.effective_from, "effective_from")
+        v.check()
+        await authorize(self._authorizer, action=PRICE_WRITE)
+        assert day is not None
+
+        def write(session: Session) -> pb.PriceEntry:
+            current = store.price_currency(session)
+            if store.count_rows(session, store.PriceRow) and (
+                request.unit_price.currency != current
+            ):
+                bad = Violations()
+                bad.add("unit_price.currency", f"must be {current}, the price "
+                        "list's currency")
+                bad.check()
+            row = ledger.add_price(
+                session,
+                system=request.service.system,
+                code=request.service.code,
+                display=request.service.display,
+                currency=request.unit_price.currency,
+                unit_minor=request.unit_price.minor_units,
+                effective_from=day,
+            )
+            return convert.price(row)
+
+        return pb.SetPriceResponse(price=await self._db.run(write))
+
+    # Charges ---------------------------------------------------------------
+
+    async def PostCharge(
+        self, request: pb.PostChargeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.PostChargeResponse:
+        v = Violations()
+        v.require(request.idempotency_key, "idempotency_key")
+        v.require(request.patient_id, "patient_id")
+        check_coding(v, request.service, "service")
+        if not 0 <= request.quantity <= MAX_QUANTITY:
+            v.add("quantity", f"must be from 0 to {MAX_QUANTITY} (0 means 1)")
+        if request.HasField("unit_price"):
+            check_money(v, request.unit_price, "unit_price", required=True)
+        v.check()
+        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+
+        item = ledger.ChargeInput(
+            patient_id=request.patient_id,
+            encounter_id=request.encounter_id,
+            system=request.service.system,
+            code=request.service.code,
+            display=request.service.display,
+            quantity=request.quantity or 1,
+            service_date=(
+                convert.to_datetime(request.service_date)
+                if request.HasField("service_date")
+                else ledger.now_utc()
+            ),
+            unit_price=request.unit_price if request.HasField("unit_price") else None,
+            idempotency_key=request.idempotency_key,
+            request_hash=ledger.fingerprint(request),
+        )
+
+        def write(session: Session) -> pb.Charge:
+            return convert.charge(ledger.post_charge(session, self._outbox, item))
+
+        charge = await run_idempotent(self._db, write)
+        logger.info("charge posted", extra={"charge_id": charge.charge_id})
+        return pb.PostChargeResponse(charge=charge)
+
+    async def ReverseCharge(
+        self, request: pb.ReverseChargeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ReverseChargeResponse:
+        v = Violations()
+        v.require(request.charge_id, "charge_id")
+        v.require(request.reason.strip(), "reason")
+        v.check()
+        patient_id = await self._db.run(
+            lambda s: ledger.load_charge(s, request.charge_id).patient_id
+        )
+        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+
+        def write(session: Session) -> pb.Charge:
+            row = ledger.reverse_charge(
+                session,
+                self._outbox,
+                charge_id=request.charge_id,
+                reason=request.reason.strip(),
+                expected_version=request.expected_version,
+            )
+            return convert.charge(row)
+
+        return pb.ReverseChargeResponse(charge=await self._db.run(write))
+
+    async def GetCharge(
+        self, request: pb.GetChargeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetChargeResponse:
+        v = Violations()
+        v.require(request.charge_id, "charge_id")
+        v.check()
+        charge = await self._db.run(
+            lambda s: convert.charge(ledger.load_charge(s, request.charge_id))
+        )
+        await authorize(self._authorizer, action=READ, patient_id=charge.patient_id)
+        return pb.GetChargeResponse(charge=charge)
+
+    async def ListCharges(
+        self, request: pb.ListChargesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListChargesResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        offset, size = check_page(v, request.page)
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+
+        def load(session: Session) -> list[pb.Charge]:
+            patient_id = store.resolve_patient(session, request.patient_id)
+            statement = select(store.ChargeRow).where(
+                store.ChargeRow.patient_id == patient_id
+            )
+            if request.encounter_id:
+                statement = statement.where(
+                    store.ChargeRow.encounter_id == request.encounter_id
+                )
+            rows = session.exec(statement.order_by(col(store.ChargeRow.posted_at)))
+            return [convert.charge(row) for row in rows]
+
+        items = await self._db.run(load)
+        return pb.ListChargesResponse(
+            charges=items[offset : offset + size],
+            page=page_response(items, offset, size),
+        )
+
+    # Invoices --------------------------------------------------------------
+
+    async def IssueInvoice(
+        self, request: pb.IssueInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.IssueInvoiceResponse:
+        v = Violations()
+        v.require(request.idempotency_key, "idempotency_key")
+        v.require(request.patient_id, "patient_id")
+        v.check()
+        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        request_hash = ledger.fingerprint(request)
+
+        def write(session: Session) -> pb.Invoice:
+            row = ledger.issue_invoice(
+                session,
+                self._outbox,
+                patient_id=request.patient_id,
+                encounter_id=request.encounter_id,
+                vat_basis_points=self._vat_basis_points,
+                idempotency_key=request.idempotency_key,
+                request_hash=request_hash,
+            )
+            return convert.invoice(row, store.invoice_lines(session, row.invoice_id))
+
+        invoice = await run_idempotent(self._db, write)
+        logger.info("invoice issued", extra={"invoice_id": invoice.invoice_id})
+        return pb.IssueInvoiceResponse(invoice=invoice)
+
+    async def VoidInvoice(
+        self, request: pb.VoidInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.VoidInvoiceResponse:
+        v = Violations()
+        v.require(request.invoice_id, "invoice_id")
+        v.require(request.reason.strip(), "reason")
+        v.check()
+        patient_id = await self._db.run(
+            lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
+        )
+        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+
+        def write(session: Session) -> pb.Invoice:
+            row = ledger.void_invoice(
+                session,
+                invoice_id=request.invoice_id,
+                reason=request.reason.strip(),
+                expected_version=request.expected_version,
+            )
+            return convert.invoice(row, store.invoice_lines(session, row.invoice_id))
+
+        return pb.VoidInvoiceResponse(invoice=await self._db.run(write))
+
+    async def GetInvoice(
+        self, request: pb.GetInvoiceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetInvoiceResponse:
+        v = Violations()
+        v.require(request.invoice_id, "invoice_id")
+        v.check()
+
+        def load(session: Session) -> pb.Invoice:
+            row = ledger.load_invoice(session, request.invoice_id)
+            return convert.invoice(row, store.invoice_lines(session, row.invoice_id))
+
+        invoice = await self._db.run(load)
+        await authorize(self._authorizer, action=READ, patient_id=invoice.patient_id)
+        return pb.GetInvoiceResponse(invoice=invoice)
+
+    async def ListInvoices(
+        self, request: pb.ListInvoicesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListInvoicesResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        offset, size = check_page(v, request.page)
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+
+        def load(session: Session) -> list[pb.Invoice]:
+            patient_id = store.resolve_patient(session, request.patient_id)
+            rows = session.exec(
+                select(store.InvoiceRow)
+                .where(store.InvoiceRow.patient_id == patient_id)
+                .order_by(col(store.InvoiceRow.issued_at))
+            )
+            return [
+                convert.invoice(row, store.invoice_lines(session, row.invoice_id))
+                for row in rows
+            ]
+
+        items = await self._db.run(load)
+        return pb.ListInvoicesResponse(
+            invoices=items[offset : offset + size],
+            page=page_response(items, offset, size),
+        )
+
+    # Coverage --------------------------------------------------------------
+
+    async def CreatePolicy(
+        self, request: pb.CreatePolicyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreatePolicyResponse:
+        v = Violations()
+        v.require(request.idempotency_key, "idempotency_key")
+        v.require(request.patient_id, "patient_id")
+        v.require(request.payer_id, "payer_id")
+        v.require(request.member_id, "member_id")
+        if not 0 <= request.coverage_basis_points <= 10_000:
+            v.add("coverage_basis_points", "must be from 0 to 10000 (100 %)")
+        currencies = set()
+        for name in ("copay", "deductible", "benefit_limit"):
+            if request.HasField(name):
+                check_money(v, getattr(request, name), name, required=True)
+                currencies.add(getattr(request, name).currency)
+        if len(currencies) > 1:
+            v.add("copay.currency", "copay, deductible and benefit_limit must "
+                  "share one currency")
+        if not request.period.HasField("start"):
+            v.add("period.start", "is required")
+        elif request.period.HasField("end") and (
+            request.period.end.ToDatetime() <= request.period.start.ToDatetime()
+        ):
+            v.add("period.end", "must be after period.start")
+        v.check()
+        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        request_hash = ledger.fingerprint(request)
+
+        def write(session: Session) -> pb.Policy:
+            replay = session.exec(
+                select(store.PolicyRow).where(
+                    store.PolicyRow.idempotency_key == request.idempotency_key
+                )
+            ).first()
+            if replay is not None:
+                ledger.check_replay("CreatePolicy", request.idempotency_key,
+                                    replay.request_hash, request_hash)
+                return convert.policy(replay)
+            row = store.PolicyRow(
+                policy_id=ledger.new_id(),
+                patient_id=store.resolve_patient(session, request.patient_id),
+                payer_id=request.payer_id,
+                member_id=request.member_id,
+                plan_code=request.plan_code,
+                coverage_basis_points=request.coverage_basis_points,
+                currency=currencies.pop() if currencies else store.price_currency(
+                    session
+                ),
+                copay_minor=request.copay.minor_units,
+                deductible_minor=request.deductible.minor_units,
+                benefit_limit_minor=request.benefit_limit.minor_units,
+                valid_from=convert.to_datetime(request.period.start),
+                valid_to=(
+                    convert.to_datetime(request.period.end)
+                    if request.period.HasField("end")
+                    else None
+                ),
+                covered_systems=" ".join(request.covered_systems),
+                idempotency_key=request.idempotency_key,
+                request_hash=request_hash,
+            )
+            session.add(row)
+            session.flush()
+            return convert.policy(row)
+
+        return pb.CreatePolicyResponse(policy=await run_idempotent(self._db, write))
+
+    async def ListPolicies(
+        self, request: pb.ListPoliciesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPoliciesResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        offset, size = check_page(v, request.page)
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+
+        def load(session: Session) -> list[pb.Policy]:
+            patient_id = store.resolve_patient(session, request.patient_id)
+            return [convert.policy(r) for r in store.policies_of(session, patient_id)]
+
+        items = await self._db.run(load)
+        return pb.ListPoliciesResponse(
+            policies=items[offset : offset + size],
+            page=page_response(items, offset, size),
+        )
+
+    async def CheckEligibility(
+        self, request: pb.CheckEligibilityRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CheckEligibilityResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        check_coding(v, request.service, "service")
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        moment = (
+            convert.to_datetime(request.service_date)
+            if request.HasField("service_date")
+            else ledger.now_utc()
+        )
+        return await self._db.run(eligibility, request, moment)
+
+    # Claims ----------------------------------------------------------------
+
+    async def CreateClaim(
+        self, request: pb.CreateClaimRequest, context: grpc.aio.ServicerContext
+    ) -> pb.CreateClaimResponse:
+        v = Violations()
+        v.require(request.idempotency_key, "idempotency_key")
+        v.require(request.invoice_id, "invoice_id")
+        v.check()
+        patient_id = await self._db.run(
+            lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
+        )
+        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        request_hash = ledger.fingerprint(request)
+
+        def write(session: Session) -> pb.Claim:
+            row = claims.create_claim(
+                session,
+                invoice_id=request.invoice_id,
+                idempotency_key=request.idempotency_key,
+                request_hash=request_hash,
+            )
+            return claim_message(session, row)
+
+        return pb.CreateClaimResponse(claim=await run_idempotent(self._db, write))
+
+    async def SubmitClaim(
+        self, request: pb.SubmitClaimRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SubmitClaimResponse:
+        claim = await self._submit(
+            request.claim_id, request.expected_version, from_status="draft"
+        )
+        return pb.SubmitClaimResponse(claim=claim)
+
+    async def ResubmitClaim(
+        self, request: pb.ResubmitClaimRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ResubmitClaimResponse:
+        claim = await self._submit(
+            request.claim_id,
+            request.expected_version,
+            from_status="denied",
+            note=request.note,
+        )
+        return pb.ResubmitClaimResponse(claim=claim)
+
+    async def _submit(
+        self, claim_id: str, expected_version: int, *, from_status: str, note: str = ""
+    ) -> pb.Claim:
+        v = Violations()
+        v.require(claim_id, "claim_id")
+        v.check()
+        patient_id = await self._db.run(
+            lambda s: ledger.load_claim(s, claim_id).patient_id
+        )
+        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+
+        # Mark the attempt in one transaction, call the payer with no
+        # transaction open, then record its answer in a second transaction.
+        submission, terms = await self._db.run(
+            lambda s: claims.begin_submission(
+                s,
+                self._outbox,
+                claim_id=claim_id,
+                expected_version=expected_version,
+                from_status=from_status,
+                note=note,
+            )
+        )
+        result = await self._payer.submit(submission, terms)
+        if result is None:
+            logger.info("claim awaits adjudication", extra={"claim_id": claim_id})
+            return await self._db.run(
+                lambda s: claim_message(s, ledger.load_claim(s, claim_id))
+            )
+
+        def record(session: Session) -> pb.Claim:
+            row = claims.record_adjudication(
+                session,
+                self._outbox,
+                claim_id=claim_id,
+                attempt=submission.attempt,
+                result=result,
+            )
+            return claim_message(session, row)
+
+        claim = await self._db.run(record)
+        logger.info(
+            "claim adjudicated",
+            extra={"claim_id": claim_id, "attempt": submission.attempt},
+        )
+        return claim
+
+    async def RecordAdjudication(
+        self,
+        request: pb.RecordAdjudicationRequest,
+        context: grpc.aio.ServicerContext,
+    ) -> pb.RecordAdjudicationResponse:
+        v = Violations()
+        v.require(request.claim_id, "claim_id")
+        if request.outcome not in convert.OUTCOME_NAMES:
+            v.add("outcome", "must be APPROVED, PARTIAL or DENIED")
+        check_money(v, request.approved, "approved", required=True)
+        v.check()
+        patient_id = await self._db.run(
+            lambda s: ledger.load_claim(s, request.claim_id).patient_id
+        )
+        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+
+        def write(session: Session) -> pb.Claim:
+            claim = ledger.load_claim(session, request.claim_id)
+            checks = Violations()
+            if request.approved.currency != claim.currency:
+                checks.add("approved.currency", f"must be {claim.currency}, the "
+                           "claim's currency")
+            if request.approved.minor_units > claim.total_minor:
+                checks.add("approved.minor_units", f"must not exceed the claim "
+                           f"total {claim.total_minor}")
+            checks.check()
+            result = manual_result(session, claim, request)
+            row = claims.record_adjudication(
+                session,
+                self._outbox,
+                claim_id=claim.claim_id,
+                attempt=claim.attempt,
+                result=result,
+                expected_version=request.expected_version,
+            )
+            return claim_message(session, row)
+
+        return pb.RecordAdjudicationResponse(claim=await self._db.run(write))
+
+    async def GetClaim(
+        self, request: pb.GetClaimRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetClaimResponse:
+        v = Violations()
+        v.require(request.claim_id, "claim_id")
+        v.check()
+        claim = await self._db.run(
+            lambda s: claim_message(s, ledger.load_claim(s, request.claim_id))
+        )
+        await authorize(self._authorizer, action=READ, patient_id=claim.patient_id)
+        return pb.GetClaimResponse(claim=claim)
+
+    async def ListClaims(
+        self, request: pb.ListClaimsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListClaimsResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        offset, size = check_page(v, request.page)
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+
+        def load(session: Session) -> tuple[list[pb.Claim], int]:
+            patient_id = store.resolve_patient(session, request.patient_id)
+            statement = select(store.ClaimRow).where(
+                store.ClaimRow.patient_id == patient_id
+            )
+            total = session.exec(
+                select(func.count()).select_from(statement.subquery())
+            ).one()
+            rows = session.exec(
+                statement.order_by(
+                    col(store.ClaimRow.created_at), col(store.ClaimRow.claim_id)
+                )
+                .offset(offset)
+                .limit(size)
+            )
+            return [claim_message(session, row) for row in rows], int(total)
+
+        items, total = await self._db.run(load)
+        next_token = str(offset + size) if offset + size < total else ""
+        return pb.ListClaimsResponse(
+            claims=items,
+            page=types.PageResponse(next_page_token=next_token, total_size=total),
+        )
+
+    # Payments --------------------------------------------------------------
+
+    async def RecordPayment(
+        self, request: pb.RecordPaymentRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordPaymentResponse:
+        v = Violations()
+        v.require(request.idempotency_key, "idempotency_key")
+        v.require(request.patient_id, "patient_id")
+        check_money(v, request.amount, "amount", required=True)
+        if request.HasField("amount") and request.amount.minor_units == 0:
+            v.add("amount.minor_units", "must be more than zero")
+        if request.method not in PAYMENT_METHODS:
+            v.add("method", f"must be one of {', '.join(PAYMENT_METHODS)}")
+        if request.payer_id and not request.invoice_id:
+            v.add("invoice_id", "is required for a payer payment")
+        v.check()
+        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        item = ledger.PaymentInput(
+            patient_id=request.patient_id,
+            payer_id=request.payer_id,
+            invoice_id=request.invoice_id,
+            amount=request.amount,
+            method=request.method,
+            idempotency_key=request.idempotency_key,
+            request_hash=ledger.fingerprint(request),
+        )
+
+        def write(session: Session) -> pb.Payment:
+            row, balance = ledger.record_payment(session, self._outbox, item)
+            return convert.payment(row, balance)
+
+        payment = await run_idempotent(self._db, write)
+        logger.info("payment recorded", extra={"payment_id": payment.payment_id})
+        return pb.RecordPaymentResponse(payment=payment)
+
+    async def ListPayments(
+        self, request: pb.ListPaymentsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPaymentsResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        offset, size = check_page(v, request.page)
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+
+        def load(session: Session) -> list[pb.Payment]:
+            patient_id = store.resolve_patient(session, request.patient_id)
+            rows = session.exec(
+                select(store.PaymentRow)
+                .where(store.PaymentRow.patient_id == patient_id)
+                .order_by(col(store.PaymentRow.receipt_number))
+            )
+            return [
+                convert.payment(row, ledger.invoice_balance(session, row.invoice_id))
+                for row in rows
+            ]
+
+        items = await self._db.run(load)
+        return pb.ListPaymentsResponse(
+            payments=items[offset : offset + size],
+            page=page_response(items, offset, size),
+        )
+
+    async def GetPatientBalance(
+        self, request: pb.GetPatientBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPatientBalanceResponse:
+        v = Violations()
+        v.require(request.patient_id, "patient_id")
+        v.check()
+        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        balances = await self._db.run(patient_balances, request.patient_id)
+        return pb.GetPatientBalanceResponse(
+            patient_id=request.patient_id, balances=balances
+        )
+
+    async def GetPayerBalance(
+        self, request: pb.GetPayerBalanceRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPayerBalanceResponse:
+        v = Violations()
+        v.require(request.payer_id, "payer_id")
+        v.check()
+        await authorize(self._authorizer, action=READ)
+        balances = await self._db.run(payer_balances, request.payer_id)
+        return pb.GetPayerBalanceResponse(payer_id=request.payer_id, balances=balances)
+
+    # FHIR ------------------------------------------------------------------
+
+    async def ImportFhir(
+        self, request: pb.ImportFhirRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportFhirResponse:
+        v = Violations()
+        v.require(request.bundle, "bundle")
+        entries: list[fhir_import.Entry] = []
+        if request.bundle:
+            try:
+                entries = fhir_import.parse_bundle(request.bundle)
+            except fhir_import.BundleError as exc:
+                v.add("bundle", str(exc))
+        v.check()
+        await authorize(self._authorizer, action=WRITE)
+
+        def write(session: Session) -> list[fhir_pb2.FhirImportOutcome]:
+            importer = fhir_import.Importer(
+                session,
+                references=dict(request.resolved_references),
+                source=request.source,
+            )
+            return list(importer.run(entries))
+
+        outcomes = await self._db.run(write)
+        logger.info(
+            "fhir bundle imported",
+            extra={"entries": len(entries), "source": request.source},
+        )
+        return pb.ImportFhirResponse(outcomes=outcomes)
+
+
+# Transactions --------------------------------------------------------------
+
+
+async def run_idempotent(db: Database, fn: Callable[[Session], T]) -> T:
+    """Run ``fn`` once more when a concurrent retry won the unique constraint.
+
+    Two calls with the same idempotency key can both miss the stored row and
+    race to insert it; the loser's transaction fails on the unique key, and
+    its second run finds the winner's row and returns it.
+    """
+    try:
+        return await db.run(fn)
+    except IntegrityError:
+        logger.info("idempotency key raced; reading the stored result")
+        return await db.run(fn)
+
+
+def claim_message(session: Session, row: store.ClaimRow) -> pb.Claim:
+    return convert.claim(
+        row,
+        store.claim_lines(session, row.claim_id),
+        store.adjudications(session, row.claim_id),
+    )
+
+
+def manual_result(
+    session: Session, claim: store.ClaimRow, request: pb.RecordAdjudicationRequest
+) -> domain.AdjudicationResult:
+    """Spread a payer's approved total over the claim lines in order."""
+    left = request.approved.minor_units
+    by_line: dict[int, int] = {}
+    for line in store.claim_lines(session, claim.claim_id):
+        amount = min(left, line.submitted_minor)
+        by_line[line.sequence] = amount
+        left -= amount
+    return domain.AdjudicationResult(
+        convert.OUTCOME_NAMES[request.outcome], by_line, tuple(request.reasons)
+    )
+
+
+def eligibility(
+    session: Session, request: pb.CheckEligibilityRequest, moment: dt.datetime
+) -> pb.CheckEligibilityResponse:
+    """Find the covering policy and estimate the split of the list price."""
+    patient_id = store.resolve_patient(session, request.patient_id)
+    policy = store.active_policy(session, patient_id, moment, request.service.system)
+    if policy is None:
+        reasons = ["no policy in force on the service date covers "
+                   f"{request.service.system}"]
+        if not store.policies_of(session, patient_id):
+            reasons = ["patient has no insurance policy"]
+        return pb.CheckEligibilityResponse(eligible=False, reasons=reasons)
+    remaining = max(
+        0, policy.deductible_minor - store.deductible_used(session, policy.policy_id)
+    )
+    response = pb.CheckEligibilityResponse(
+        eligible=True,
+        policy=convert.policy(policy),
+        deductible_remaining=convert.money(policy.currency, remaining),
+    )
+    price = store.price_on(
+        session, request.service.system, request.service.code, moment.date()
+    )
+    if price is not None and price.currency == policy.currency:
+        share = domain.split_amounts(
+            [price.unit_minor],
+            domain.CoverageTerms(
+                policy.coverage_basis_points, policy.copay_minor, remaining
+            ),
+        )[0]
+        response.estimated_patient_share.CopyFrom(
+            convert.money(price.currency, share.patient)
+        )
+        response.estimated_payer_share.CopyFrom(
+            convert.money(price.currency, share.payer)
+        )
+    return response
+
+
+def patient_balances(session: Session, patient_id: str) -> list[pb.Balance]:
+    """Sum a patient's invoices, payments, unbilled charges and claims."""
+    patient_id = store.resolve_patient(session, patient_id)
+    sums: dict[str, dict[str, int]] = {}
+
+    def add(currency: str, name: str, amount: int) -> None:
+        sums.setdefault(currency, {}).setdefault(name, 0)
+        sums[currency][name] += amount
+
+    for invoice in session.exec(
+        select(store.InvoiceRow).where(
+            store.InvoiceRow.patient_id == patient_id,
+            store.InvoiceRow.status != "void",
+        )
+    ):
+        add(invoice.currency, "billed", invoice.patient_responsibility_minor)
+    for payment in session.exec(
+        select(store.PaymentRow).where(
+            store.PaymentRow.patient_id == patient_id, store.PaymentRow.payer_id == ""
+        )
+    ):
+        add(payment.currency, "paid", payment.amount_minor)
+    for charge in store.unbilled_charges(session, patient_id, ""):
+        add(charge.currency, "unbilled", charge.amount_minor)
+    for claim in session.exec(
+        select(store.ClaimRow).where(store.ClaimRow.patient_id == patient_id)
+    ):
+        add(claim.currency, "claimed", claim.total_minor)
+        add(claim.currency, "claim_approved", claim.approved_minor)
+    return [balance(currency, sums[currency]) for currency in sorted(sums)]
+
+
+def payer_balances(session: Session, payer_id: str) -> list[pb.Balance]:
+    """Sum what a payer approved, was claimed and paid, per currency.
+
+    Historical claims count in ``claimed`` and ``claim_approved`` only: their
+    payments happened outside this network.
+    """
+    sums: dict[str, dict[str, int]] = {}
+
+    def add(currency: str, name: str, amount: int) -> None:
+        sums.setdefault(currency, {}).setdefault(name, 0)
+        sums[currency][name] += amount
+
+    for claim in session.exec(
+        select(store.ClaimRow).where(store.ClaimRow.payer_id == payer_id)
+    ):
+        add(claim.currency, "claimed", claim.total_minor)
+        add(claim.currency, "claim_approved", claim.approved_minor)
+        if claim.status != "historical":
+            add(claim.currency, "billed", claim.approved_minor)
+    for payment in session.exec(
+        select(store.PaymentRow).where(store.PaymentRow.payer_id == payer_id)
+    ):
+        add(payment.currency, "paid", payment.amount_minor)
+    return [balance(currency, sums[currency]) for currency in sorted(sums)]
+
+
+def balance(currency: str, sums: dict[str, int]) -> pb.Balance:
+    def money(name: str) -> types.Money:
+        return convert.money(currency, sums.get(name, 0))
+
+    billed, paid = sums.get("billed", 0), sums.get("paid", 0)
+    return pb.Balance(
+        currency=currency,
+        billed=money("billed"),
+        paid=money("paid"),
+        outstanding=convert.money(currency, billed - paid),
+        unbilled=money("unbilled"),
+        claimed=money("claimed"),
+        claim_approved=money("claim_approved"),
+    )
+
+
+# Validation ----------------------------------------------------------------
+
+
+def check_page(v: Violations, page: types.PageRequest) -> tuple[int, int]:
+    """Validate paging; return the offset and the page size."""
+    if page.page_size < 0:
+        v.add("page.page_size", "must be zero or more")
+    size = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    offset = 0
+    if page.page_token:
+        if not page.page_token.isdigit():
+            v.add("page.page_token", "is not a token from a previous response")
+        else:
+            offset = int(page.page_token)
+    return offset, max(size, 1)
+
+
+def page_response(
+    items: Sequence[object], offset: int, size: int
+) -> types.PageResponse:
+    next_token = str(offset + size) if offset + size < len(items) else ""
+    return types.PageResponse(next_page_token=next_token, total_size=len(items))
+
+
+def check_coding(v: Violations, coding: types.Coding, field: str) -> None:
+    v.require(coding.system, f"{field}.system")
+    v.require(coding.code, f"{field}.code")
+
+
+def check_money(
+    v: Violations, money: types.Money, field: str, *, required: bool = False
+) -> None:
+    """Check a currency code and a non-negative amount."""
+    if not CURRENCY_PATTERN.match(money.currency):
+        if money.currency or required:
+            v.add(f"{field}.currency", "must be an ISO 4217 code such as EGP")
+    if money.minor_units < 0:
+        v.add(f"{field}.minor_units", "must be zero or more")
+
+
+def check_date(v: Violations, value: types.Date, field: str) -> dt.date | None:
+    try:
+        return convert.to_date(value)
+    except ValueError:
+        v.add(field, "must be a real calendar date (year, month, day)")
+        return None
+

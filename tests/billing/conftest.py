@@ -1,0 +1,120 @@
+"""Billing fixtures: one in-process billing service per module, and tokens."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+
+from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
+from mesh.network.devkeys import mint_token
+from mesh.runtime.authz import RolePolicyAuthorizer
+from mesh.runtime.server import ServiceHost
+from mesh.runtime.settings import ServiceSettings
+from svc_billing import domain
+from svc_billing.app import make_build
+from svc_billing.payer import PlanRulesPayer
+
+PERMISSIONS = {
+    "billing-clerk": {"billing.billing.read", "billing.billing.write"},
+    "billing-admin": {"billing.billing.read", "billing.billing.write",
+                      "billing.admin.write"},
+    "doctor": {"records.clinical.read"},
+}
+
+
+class ScriptedPayer:
+    """Plan-rules payer whose next answers a test can replace."""
+
+    def __init__(self) -> None:
+        self.plan = PlanRulesPayer()
+        self.queued: list[domain.AdjudicationResult | None] = []
+        self.submissions: list[domain.ClaimSubmission] = []
+
+    async def submit(
+        self, submission: domain.ClaimSubmission, policy: domain.PolicyTerms
+    ) -> domain.AdjudicationResult | None:
+        self.submissions.append(submission)
+        if self.queued:
+            return self.queued.pop(0)
+        return await self.plan.submit(submission, policy)
+
+
+@dataclass
+class Billing:
+    """A running billing service and what tests need to call it."""
+
+    host: ServiceHost
+    stub: pb_grpc.BillingServiceStub
+    state: Path
+    payer: ScriptedPayer
+    clerk: tuple[tuple[str, str], ...]
+    admin: tuple[tuple[str, str], ...]
+    doctor: tuple[tuple[str, str], ...]
+
+
+def bearer(state: Path, subject: str, roles: list[str]) -> tuple[tuple[str, str], ...]:
+    token = mint_token(state, subject=subject, roles=roles, organization_id="org-1")
+    return (("authorization", f"Bearer {token}"),)
+
+
+def billing_settings(
+    state: Path, bootstrap: str, database_url: str, **extra: str
+) -> ServiceSettings:
+    environ = {
+        "HIN_STATE_DIR": str(state),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "HIN_GRPC_ADDRESS": "127.0.0.1:0",
+        "HIN_DATABASE_URL": database_url,
+        "HIN_JWKS_PATH": str(state / "keys" / "jwks.json"),
+        "HIN_BILLING_EVENT_MAX_ATTEMPTS": "2",
+        "HIN_BILLING_EVENT_BACKOFF_SECONDS": "0.05",
+        **extra,
+    }
+    return ServiceSettings.from_env("billing", environ=environ)
+
+
+@pytest.fixture(scope="module")
+def billing_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    state = tmp_path_factory.mktemp("billing-state")
+    # The JWKS must exist before the host reads it.
+    mint_token(state, subject="setup", roles=[], organization_id="org-1")
+    yield state
+
+
+@pytest.fixture(scope="module")
+async def billing(
+    billing_state: Path, kafka_bootstrap: str
+) -> AsyncIterator[Billing]:
+    """Billing on SQLite with VAT 0, the shipped price list and a scripted payer."""
+    payer = ScriptedPayer()
+    settings = billing_settings(
+        billing_state,
+        kafka_bootstrap,
+        f"sqlite:///{billing_state / 'billing.db'}",
+    )
+    host = ServiceHost(
+        settings=settings,
+        build=make_build(payer=payer),
+        authorizer=RolePolicyAuthorizer(PERMISSIONS),
+        tracer_provider=TracerProvider(),
+    )
+    port = await host.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    try:
+        yield Billing(
+            host=host,
+            stub=pb_grpc.BillingServiceStub(channel),
+            state=billing_state,
+            payer=payer,
+            clerk=bearer(billing_state, "clerk-1", ["billing-clerk"]),
+            admin=bearer(billing_state, "admin-1", ["billing-admin"]),
+            doctor=bearer(billing_state, "doctor-1", ["doctor"]),
+        )
+    finally:
+        await channel.close()
+        await host.stop(grace=1)

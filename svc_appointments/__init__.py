@@ -1,0 +1,1 @@
+"""Scheduling service: practitioners, schedules, appointments and admissions."""

@@ -1,0 +1,422 @@
+"""AppointmentsService through a real in-process server and a generated stub."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hin.appointments.v1 import appointments_service_pb2 as pb
+from hin.common.v1 import types_pb2
+
+from .conftest import (
+    Running,
+    cairo,
+    new_practitioner,
+    next_weekday,
+    period,
+)
+
+pytestmark = pytest.mark.asyncio(loop_scope="session")
+
+MONDAY = 1
+
+
+def error_info(error: grpc.aio.AioRpcError) -> error_details_pb2.ErrorInfo:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    for detail in status.details:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    raise AssertionError("no ErrorInfo in the status details")
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    assert status is not None
+    fields = set()
+    for detail in status.details:
+        if detail.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            bad_request = error_details_pb2.BadRequest()
+            detail.Unpack(bad_request)
+            fields |= {v.field for v in bad_request.field_violations}
+    return fields
+
+
+def book_request(
+    patient_id: str, practitioner_id: str, hour: int, minute: int, **extra: object
+) -> pb.BookRequest:
+    day = next_weekday(MONDAY)
+    start = cairo(day, hour, minute)
+    return pb.BookRequest(
+        patient_id=patient_id,
+        practitioner_id=practitioner_id,
+        period=period(start, start + timedelta(minutes=15)),
+        service_type=types_pb2.Coding(
+            system="urn:hin:code:visit-type", code="visit-general"
+        ),
+        **extra,  # type: ignore[arg-type]
+    )
+
+
+async def test_book_returns_booked_appointment(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000001")
+    service.register_patients("patient-book-1")
+
+    response = await service.stub.Book(
+        book_request("patient-book-1", practitioner_id, 9, 0),
+        metadata=service.scheduler_auth,
+    )
+
+    appointment = response.appointment
+    assert appointment.status == pb.APPOINTMENT_STATUS_BOOKED
+    assert appointment.version == 1
+    assert appointment.practitioner_id == practitioner_id
+    # 09:00 Cairo on that Monday, computed by hand through zoneinfo.
+    expected_start = cairo(next_weekday(MONDAY), 9, 0)
+    assert appointment.period.start.ToDatetime().replace(
+        tzinfo=expected_start.tzinfo
+    ) == (expected_start)
+
+
+async def test_book_retry_returns_first_result(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000002")
+    service.register_patients("patient-retry-1")
+    request = book_request(
+        "patient-retry-1", practitioner_id, 10, 0, idempotency_key="retry-key-1"
+    )
+
+    first = await service.stub.Book(request, metadata=service.scheduler_auth)
+    second = await service.stub.Book(request, metadata=service.scheduler_auth)
+
+    assert second.appointment.appointment_id == first.appointment.appointment_id
+    listed = await service.stub.ListAppointments(
+        pb.ListAppointmentsRequest(patient_id="patient-retry-1"),
+        metadata=service.scheduler_auth,
+    )
+    assert len(listed.appointments) == 1
+
+
+async def test_book_key_reused_for_other_request(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000003")
+    service.register_patients("patient-reuse-1")
+    await service.stub.Book(
+        book_request("patient-reuse-1", practitioner_id, 9, 0, idempotency_key="k-2"),
+        metadata=service.scheduler_auth,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(
+            book_request(
+                "patient-reuse-1", practitioner_id, 11, 0, idempotency_key="k-2"
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "IDEMPOTENCY_KEY_REUSED"
+
+
+async def test_book_unknown_patient_rejected(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000004")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(
+            book_request("patient-nobody", practitioner_id, 9, 0),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "PATIENT_UNKNOWN"
+    assert "not known" in (caught.value.details() or "")
+
+
+async def test_book_merged_patient_names_survivor(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000005")
+    service.register_patients("patient-dup-1", "patient-survivor-1")
+    service.merge_patients("patient-dup-1", "patient-survivor-1")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(
+            book_request("patient-dup-1", practitioner_id, 9, 0),
+            metadata=service.scheduler_auth,
+        )
+
+    info = error_info(caught.value)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert info.reason == "PATIENT_MERGED"
+    assert info.metadata["surviving_patient_id"] == "patient-survivor-1"
+    assert "patient-survivor-1" in (caught.value.details() or "")
+
+
+async def test_book_invalid_request_names_fields(service: Running) -> None:
+    request = pb.BookRequest(
+        practitioner_id="p-1",
+        period=types_pb2.Period(),
+        service_type=types_pb2.Coding(system="urn:hin:code:visit-type", code="spa-day"),
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(request, metadata=service.scheduler_auth)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == {
+        "patient_id",
+        "period.start",
+        "period.end",
+        "service_type.code",
+    }
+
+
+async def test_book_outside_hours_rejected(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000006")
+    service.register_patients("patient-late-1")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(
+            book_request("patient-late-1", practitioner_id, 12, 50),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "OUTSIDE_WORKING_HOURS"
+
+
+async def test_book_without_permission_denied(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000007")
+    service.register_patients("patient-denied-1")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Book(
+            book_request("patient-denied-1", practitioner_id, 9, 0),
+            metadata=service.receptionist_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_find_slots_skips_booked_slot(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000008")
+    service.register_patients("patient-slots-1")
+    await service.stub.Book(
+        book_request("patient-slots-1", practitioner_id, 9, 15),
+        metadata=service.scheduler_auth,
+    )
+    day = next_weekday(MONDAY)
+
+    response = await service.stub.FindSlots(
+        pb.FindSlotsRequest(
+            practitioner_id=practitioner_id,
+            window=period(cairo(day, 0, 0), cairo(day, 23, 59)),
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    # 09:00-13:00 in 15-minute slots is 16 slots; one is booked.
+    assert response.page.total_size == 15
+    starts = [s.period.start.ToSeconds() for s in response.slots]
+    assert int(cairo(day, 9, 15).timestamp()) not in starts
+    assert starts[0] == int(cairo(day, 9, 0).timestamp())
+
+
+async def test_visit_life_cycle_assigns_encounter(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000009")
+    service.register_patients("patient-visit-1")
+    booked = await service.stub.Book(
+        book_request("patient-visit-1", practitioner_id, 9, 30),
+        metadata=service.scheduler_auth,
+    )
+    appointment_id = booked.appointment.appointment_id
+
+    checked_in = await service.stub.CheckIn(
+        pb.CheckInRequest(appointment_id=appointment_id, expected_version=1),
+        metadata=service.scheduler_auth,
+    )
+    completed = await service.stub.Complete(
+        pb.CompleteRequest(appointment_id=appointment_id, expected_version=2),
+        metadata=service.scheduler_auth,
+    )
+
+    assert checked_in.appointment.status == pb.APPOINTMENT_STATUS_CHECKED_IN
+    assert completed.appointment.status == pb.APPOINTMENT_STATUS_COMPLETED
+    assert completed.appointment.version == 3
+    assert completed.appointment.encounter_id != ""
+
+
+async def test_stale_version_is_aborted(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000010")
+    service.register_patients("patient-stale-1")
+    booked = await service.stub.Book(
+        book_request("patient-stale-1", practitioner_id, 9, 45),
+        metadata=service.scheduler_auth,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Cancel(
+            pb.CancelRequest(
+                appointment_id=booked.appointment.appointment_id,
+                expected_version=7,
+                cancelled_by=pb.CANCELLED_BY_PATIENT,
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+    assert error_info(caught.value).metadata["current_version"] == "1"
+
+
+async def test_complete_before_check_in_rejected(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000011")
+    service.register_patients("patient-early-1")
+    booked = await service.stub.Book(
+        book_request("patient-early-1", practitioner_id, 10, 15),
+        metadata=service.scheduler_auth,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Complete(
+            pb.CompleteRequest(
+                appointment_id=booked.appointment.appointment_id, expected_version=1
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert error_info(caught.value).reason == "INVALID_APPOINTMENT_STATUS"
+
+
+async def test_no_show_after_start_only(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000012")
+    service.register_patients("patient-absent-1")
+    booked = await service.stub.Book(
+        book_request("patient-absent-1", practitioner_id, 11, 0),
+        metadata=service.scheduler_auth,
+    )
+    request = pb.MarkNoShowRequest(
+        appointment_id=booked.appointment.appointment_id, expected_version=1
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.MarkNoShow(request, metadata=service.scheduler_auth)
+    service.clock.fixed = cairo(next_weekday(MONDAY), 11, 20)
+    try:
+        response = await service.stub.MarkNoShow(
+            request, metadata=service.scheduler_auth
+        )
+    finally:
+        service.clock.fixed = None
+
+    assert error_info(caught.value).reason == "APPOINTMENT_NOT_STARTED"
+    assert response.appointment.status == pb.APPOINTMENT_STATUS_NO_SHOW
+
+
+async def test_leave_moves_then_cancels_bookings(service: Running) -> None:
+    rules = [
+        pb.WeeklyRule(
+            weekday=pb.WEEKDAY_MONDAY,
+            start_time="09:00",
+            end_time="10:00",
+            slot_minutes=30,
+        )
+    ]
+    practitioner_id = await new_practitioner(service, "1000000013", rules)
+    service.register_patients(*(f"patient-leave-{n}" for n in range(1, 6)))
+    monday = next_weekday(MONDAY)
+    later = monday + timedelta(days=7)
+    latest = monday + timedelta(days=14)
+    bookings = [
+        ("patient-leave-1", monday, 9, 0),
+        ("patient-leave-2", monday, 9, 30),
+        # Fill the Monday after, and 09:00 of the Monday after that.
+        ("patient-leave-3", later, 9, 0),
+        ("patient-leave-4", later, 9, 30),
+        ("patient-leave-5", latest, 9, 0),
+    ]
+    for patient_id, day, hour, minute in bookings:
+        start = cairo(day, hour, minute)
+        await service.stub.Book(
+            pb.BookRequest(
+                patient_id=patient_id,
+                practitioner_id=practitioner_id,
+                period=period(start, start + timedelta(minutes=30)),
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    response = await service.stub.AddScheduleException(
+        pb.AddScheduleExceptionRequest(
+            practitioner_id=practitioner_id,
+            kind=pb.SCHEDULE_EXCEPTION_KIND_LEAVE,
+            period=period(cairo(monday, 0, 0), cairo(monday, 23, 59)),
+            reason="conference",
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    # The only free slot within 14 days of either start is 09:30 two Mondays
+    # later: exactly 14 days after the 09:30 visit, 14.5 days after the 09:00
+    # one. The 09:30 visit moves there and the 09:00 visit is cancelled.
+    assert [a.patient_id for a in response.rescheduled] == ["patient-leave-2"]
+    moved = response.rescheduled[0].period.start.ToSeconds()
+    assert moved == int(cairo(latest, 9, 30).timestamp())
+    assert [a.patient_id for a in response.cancelled] == ["patient-leave-1"]
+    assert response.cancelled[0].status == pb.APPOINTMENT_STATUS_CANCELLED
+
+
+async def test_emergency_admission_then_discharge(service: Running) -> None:
+    service.register_patients("patient-er-1")
+
+    admitted = await service.stub.Admit(
+        pb.AdmitRequest(
+            patient_id="patient-er-1",
+            organization_id="org-1",
+            ward="emergency",
+            emergency=True,
+            idempotency_key="admit-er-1",
+        ),
+        metadata=service.scheduler_auth,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Admit(
+            pb.AdmitRequest(
+                patient_id="patient-er-1",
+                organization_id="org-1",
+                ward="icu",
+                emergency=True,
+            ),
+            metadata=service.scheduler_auth,
+        )
+    discharged = await service.stub.Discharge(
+        pb.DischargeRequest(
+            admission_id=admitted.admission.admission_id, expected_version=1
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    assert admitted.admission.status == pb.ADMISSION_STATUS_ADMITTED
+    assert error_info(caught.value).reason == "ALREADY_ADMITTED"
+    assert discharged.admission.status == pb.ADMISSION_STATUS_DISCHARGED
+
+
+async def test_practitioner_identifier_taken_rejected(service: Running) -> None:
+    await new_practitioner(service, "1000000014")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.RegisterPractitioner(
+            pb.RegisterPractitionerRequest(
+                identifiers=[
+                    types_pb2.Identifier(
+                        system="http://hl7.org/fhir/sid/us-npi", value="1000000014"
+                    )
+                ],
+                names=[types_pb2.HumanName(family="Other")],
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS

@@ -1,0 +1,1 @@
+"""Patient records and the master patient index (RecordsService)."""

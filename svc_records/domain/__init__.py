@@ -1,0 +1,1 @@
+"""Rules of the records context, free of gRPC and SQL."""

@@ -1,0 +1,186 @@
+"""Rules for patient demographics: validation, search keys, change sets."""
+
+from __future__ import annotations
+
+import datetime
+import re
+
+from hin.common.v1 import types_pb2
+from hin.records.v1 import records_service_pb2 as pb
+from mesh.runtime.validation import Violations
+from svc_records.domain.names import name_tokens
+from svc_records.domain.national_id import (
+    NATIONAL_ID_SYSTEM,
+    InvalidNationalId,
+    parse_national_id,
+)
+
+#: Phone searches compare at least this many trailing digits, so a number
+#: with or without its country code (+20) finds the same patient.
+MIN_PHONE_DIGITS = 9
+
+#: Fields of PatientDemographics compared to report changed_fields.
+DEMOGRAPHIC_FIELDS = (
+    "identifiers",
+    "names",
+    "birth_date",
+    "gender",
+    "deceased",
+    "deceased_at",
+    "telecom",
+    "addresses",
+    "managing_organization_id",
+)
+
+_NON_DIGITS = re.compile(r"\D")
+
+
+def date_to_iso(date: types_pb2.Date) -> str:
+    """Return ``date`` as "YYYY-MM-DD", or "" when it is unset."""
+    if not (date.year or date.month or date.day):
+        return ""
+    return f"{date.year:04d}-{date.month:02d}-{date.day:02d}"
+
+
+def iso_to_date(text: str) -> types_pb2.Date:
+    """Parse "YYYY-MM-DD" (or "" for unset) into a Date message."""
+    if not text:
+        return types_pb2.Date()
+    year, month, day = (int(part) for part in text.split("-"))
+    return types_pb2.Date(year=year, month=month, day=day)
+
+
+def check_date(date: types_pb2.Date, field: str, violations: Violations) -> None:
+    """Record a violation when ``date`` is set but not a real calendar date."""
+    if not (date.year or date.month or date.day):
+        return
+    try:
+        datetime.date(date.year, date.month, date.day)
+    except ValueError:
+        violations.add(field, "must be a real calendar date (year, month, day)")
+
+
+def validate_demographics(
+    patient: pb.PatientDemographics, prefix: str, violations: Violations
+) -> None:
+    """Record every violation in ``patient``; field paths start with ``prefix``."""
+    if not patient.names:
+        violations.add(f"{prefix}.names", "at least one name is required")
+    for index, name in enumerate(patient.names):
+        if not (name.family or name.given or name.text):
+            violations.add(
+                f"{prefix}.names[{index}]", "needs a family name, a given name or text"
+            )
+    check_date(patient.birth_date, f"{prefix}.birth_date", violations)
+    seen: set[tuple[str, str]] = set()
+    for index, identifier in enumerate(patient.identifiers):
+        path = f"{prefix}.identifiers[{index}]"
+        if not identifier.system:
+            violations.add(f"{path}.system", "is required")
+        if not identifier.value:
+            violations.add(f"{path}.value", "is required")
+        if (identifier.system, identifier.value) in seen:
+            violations.add(path, "repeats an earlier identifier of this request")
+        seen.add((identifier.system, identifier.value))
+        if identifier.system == NATIONAL_ID_SYSTEM:
+            _check_national_id(patient, identifier.value, f"{path}.value", violations)
+    for index, contact in enumerate(patient.telecom):
+        if not contact.value:
+            violations.add(f"{prefix}.telecom[{index}].value", "is required")
+    if patient.HasField("deceased_at") and not patient.deceased:
+        violations.add(f"{prefix}.deceased", "must be true when deceased_at is set")
+
+
+def _check_national_id(
+    patient: pb.PatientDemographics, value: str, path: str, violations: Violations
+) -> None:
+    try:
+        national_id = parse_national_id(value)
+    except InvalidNationalId as exc:
+        violations.add(path, f"is not a valid Egyptian national ID: {exc}")
+        return
+    birth_date = date_to_iso(patient.birth_date)
+    if birth_date and birth_date != national_id.birth_date.isoformat():
+        violations.add(
+            path, "encodes a birth date (digits 2-7) that differs from birth_date"
+        )
+    expected_gender = (
+        types_pb2.GENDER_MALE if national_id.male else types_pb2.GENDER_FEMALE
+    )
+    if patient.gender in (types_pb2.GENDER_MALE, types_pb2.GENDER_FEMALE) and (
+        patient.gender != expected_gender
+    ):
+        violations.add(
+            path, "digit 13 (odd for male, even for female) contradicts gender"
+        )
+
+
+def identifier_keys(patient: pb.PatientDemographics) -> list[tuple[str, str]]:
+    """Return the (system, value) pairs of the patient's identifiers."""
+    return [(i.system, i.value) for i in patient.identifiers]
+
+
+def search_names(patient: pb.PatientDemographics) -> str:
+    """Return the padded, normalized name words of every name."""
+    words: list[str] = []
+    for name in patient.names:
+        for part in (name.text, name.family, *name.given):
+            words.extend(name_tokens(part))
+    return " " + " ".join(dict.fromkeys(words)) + " " if words else ""
+
+
+def phone_digits(text: str) -> str:
+    """Return the digits of a phone number."""
+    return _NON_DIGITS.sub("", text)
+
+
+def search_phones(patient: pb.PatientDemographics) -> str:
+    """Return the padded digit strings of the patient's phone numbers."""
+    numbers = [
+        phone_digits(c.value)
+        for c in patient.telecom
+        if c.system in ("phone", "sms", "") and phone_digits(c.value)
+    ]
+    return " " + " ".join(numbers) + " " if numbers else ""
+
+
+def changed_fields(
+    before: pb.PatientDemographics, after: pb.PatientDemographics
+) -> list[str]:
+    """Name the top-level demographic fields that differ between two versions."""
+    changed = []
+    for field in DEMOGRAPHIC_FIELDS:
+        old, new = getattr(before, field), getattr(after, field)
+        if field in ("birth_date", "deceased_at"):
+            same = old.SerializeToString(deterministic=True) == new.SerializeToString(
+                deterministic=True
+            )
+        elif field in ("identifiers", "names", "telecom", "addresses"):
+            same = list(old) == list(new)
+        else:
+            same = old == new
+        if not same:
+            changed.append(field)
+    return changed
+
+
+def merge_demographics(
+    survivor: pb.PatientDemographics, merged: pb.PatientDemographics
+) -> pb.PatientDemographics:
+    """Return the survivor's demographics plus what only the merged record had.
+
+    The survivor keeps its own values; identifiers, names, telecom and
+    addresses of the merged record that the survivor lacks are appended.
+    """
+    result = pb.PatientDemographics()
+    result.CopyFrom(survivor)
+    for field in ("identifiers", "names", "telecom", "addresses"):
+        target = getattr(result, field)
+        for item in getattr(merged, field):
+            if item not in target:
+                target.add().CopyFrom(item)
+    if not result.birth_date.year and merged.birth_date.year:
+        result.birth_date.CopyFrom(merged.birth_date)
+    if result.gender == types_pb2.GENDER_UNSPECIFIED:
+        result.gender = merged.gender
+    return result

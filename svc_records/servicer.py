@@ -1,0 +1,652 @@
+"""RecordsService: validate, authorize, then change state in one transaction."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import logging
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import grpc
+from google.protobuf.message import Message
+from sqlmodel import Session
+
+from hin.common.v1 import types_pb2
+from hin.records.v1 import events_pb2
+from hin.records.v1 import records_service_pb2 as pb
+from hin.records.v1 import records_service_pb2_grpc as pb_grpc
+from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.storage import Database
+from mesh.runtime.validation import Violations
+from svc_records import records, store
+from svc_records.domain import fhir as fhir_domain
+from svc_records.domain import matching
+from svc_records.domain import patients as rules
+from svc_records.domain.fhir_export import ChartEntry, export_bundle
+from svc_records.domain.names import name_tokens
+from svc_records.errors import (
+    MergeRejected,
+    PatientMerged,
+    PatientNotFound,
+    StaleVersion,
+)
+from svc_records.importing import BundleImport
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_PAGE_SIZE = 50
+MAX_PAGE_SIZE = 500
+
+R = TypeVar("R", bound=Message)
+
+
+class RecordsServicer(pb_grpc.RecordsServiceServicer):
+    """Implements hin.records.v1.RecordsService."""
+
+    def __init__(self, *, db: Database, outbox: Any, authorizer: Authorizer) -> None:
+        self._db = db
+        self._outbox = outbox
+        self._authorizer = authorizer
+
+    # Patients ------------------------------------------------------------
+
+    async def RegisterPatient(
+        self, request: pb.RegisterPatientRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RegisterPatientResponse:
+        violations = Violations()
+        if not request.HasField("patient"):
+            violations.add("patient", "is required")
+        rules.validate_demographics(request.patient, "patient", violations)
+        violations.check()
+        await authorize(self._authorizer, action="records.demographics.write")
+
+        def register(session: Session) -> pb.RegisterPatientResponse:
+            stored = _replay(session, "RegisterPatient", request.idempotency_key)
+            if stored is not None:
+                return pb.RegisterPatientResponse.FromString(stored)
+            records.check_identifiers_free(session, request.patient, "", "patient")
+            if not request.allow_possible_duplicate:
+                candidates = _possible_duplicates(session, request.patient)
+                if candidates:
+                    # Not stored under the idempotency key: the caller may
+                    # retry with allow_possible_duplicate and the same key.
+                    return pb.RegisterPatientResponse(
+                        possible_duplicates=candidates, registered=False
+                    )
+            row = records.create_patient(session, self._outbox, request.patient)
+            response = pb.RegisterPatientResponse(
+                patient=records.patient_message(row, []), registered=True
+            )
+            _remember(session, "RegisterPatient", request.idempotency_key, response)
+            return response
+
+        return await self._db.run(register)
+
+    async def GetPatient(
+        self, request: pb.GetPatientRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPatientResponse:
+        _require_id(request.patient_id, "patient_id")
+        await authorize(
+            self._authorizer,
+            action="records.demographics.read",
+            patient_id=request.patient_id,
+        )
+
+        def load(session: Session) -> pb.GetPatientResponse:
+            row = _load_survivor(session, request.patient_id)
+            response = pb.GetPatientResponse(patient=_patient(session, row))
+            if row.patient_id != request.patient_id:
+                response.merged_patient_id = request.patient_id
+            return response
+
+        return await self._db.run(load)
+
+    async def UpdatePatient(
+        self, request: pb.UpdatePatientRequest, context: grpc.aio.ServicerContext
+    ) -> pb.UpdatePatientResponse:
+        violations = Violations()
+        violations.require(request.patient_id, "patient_id")
+        if request.expected_version <= 0:
+            violations.add(
+                "expected_version", "must be the version read, a positive number"
+            )
+        if not request.HasField("patient"):
+            violations.add("patient", "is required")
+        rules.validate_demographics(request.patient, "patient", violations)
+        violations.check()
+        await authorize(
+            self._authorizer,
+            action="records.demographics.write",
+            patient_id=request.patient_id,
+        )
+
+        def update(session: Session) -> pb.UpdatePatientResponse:
+            row = store.get_patient_for_update(session, request.patient_id)
+            if row is None:
+                raise _not_found(request.patient_id)
+            if row.status == "merged":
+                raise PatientMerged(
+                    f"patient {row.patient_id} was merged into {row.merged_into}; "
+                    "update the surviving record instead",
+                    reason="PATIENT_MERGED",
+                    metadata={"surviving_patient_id": row.merged_into or ""},
+                )
+            if row.version != request.expected_version:
+                raise StaleVersion(
+                    f"patient {row.patient_id} is at version {row.version}, not "
+                    f"expected_version {request.expected_version}; read it again "
+                    "and reapply the change",
+                    reason="STALE_VERSION",
+                    metadata={"current_version": str(row.version)},
+                )
+            records.check_identifiers_free(
+                session, request.patient, row.patient_id, "patient"
+            )
+            before = records.demographics_of(row)
+            changed = rules.changed_fields(before, request.patient)
+            if changed:
+                records.apply_demographics(row, request.patient)
+                row.version += 1
+                row.updated_at = records.now()
+                session.add(row)
+                store.replace_identifiers(
+                    session, row.patient_id, rules.identifier_keys(request.patient)
+                )
+                self._outbox.add(
+                    session,
+                    events_pb2.PatientRecordUpdated(
+                        patient=records.snapshot(row), changed_fields=changed
+                    ),
+                    key=row.patient_id,
+                    subject=row.patient_id,
+                )
+            return pb.UpdatePatientResponse(
+                patient=_patient(session, row), changed_fields=changed
+            )
+
+        return await self._db.run(update)
+
+    async def SearchPatients(
+        self, request: pb.SearchPatientsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.SearchPatientsResponse:
+        violations = Violations()
+        words = name_tokens(request.name)
+        phone = rules.phone_digits(request.phone)
+        has_identifier = request.HasField("identifier")
+        if has_identifier:
+            violations.require(request.identifier.system, "identifier.system")
+            violations.require(request.identifier.value, "identifier.value")
+        if request.name and not words:
+            violations.add("name", "contains no letters or digits to search for")
+        if request.phone and len(phone) < rules.MIN_PHONE_DIGITS:
+            violations.add("phone", f"needs at least {rules.MIN_PHONE_DIGITS} digits")
+        rules.check_date(request.birth_date, "birth_date", violations)
+        birth_date = rules.date_to_iso(request.birth_date)
+        if not (has_identifier or words or birth_date or phone):
+            violations.add(
+                "name", "give at least one of identifier, name, birth_date or phone"
+            )
+        offset, size = _page(request.page, violations)
+        violations.check()
+        await authorize(self._authorizer, action="records.demographics.read")
+
+        def search(session: Session) -> pb.SearchPatientsResponse:
+            patient_ids = None
+            if has_identifier:
+                holders = store.find_identifier_holders(
+                    session, [(request.identifier.system, request.identifier.value)]
+                )
+                survivors = [
+                    records.resolve_survivor(session, p) for p in holders.values()
+                ]
+                patient_ids = [r.patient_id for r in survivors if r is not None]
+            rows, total = store.search_patients(
+                session,
+                patient_ids=patient_ids,
+                name_words=words,
+                birth_date=birth_date,
+                phone_digits=phone[-rules.MIN_PHONE_DIGITS :] if phone else "",
+                offset=offset,
+                limit=size,
+            )
+            return pb.SearchPatientsResponse(
+                patients=[_patient(session, r) for r in rows],
+                page=_page_response(offset, size, total),
+            )
+
+        return await self._db.run(search)
+
+    async def ListPatients(
+        self, request: pb.ListPatientsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ListPatientsResponse:
+        violations = Violations()
+        offset, size = _page(request.page, violations)
+        violations.check()
+        await authorize(self._authorizer, action="records.demographics.read")
+
+        def list_page(session: Session) -> pb.ListPatientsResponse:
+            rows, total = store.search_patients(
+                session,
+                patient_ids=None,
+                name_words=[],
+                birth_date="",
+                phone_digits="",
+                offset=offset,
+                limit=size,
+            )
+            return pb.ListPatientsResponse(
+                patients=[_patient(session, r) for r in rows],
+                page=_page_response(offset, size, total),
+            )
+
+        return await self._db.run(list_page)
+
+    async def MergePatients(
+        self, request: pb.MergePatientsRequest, context: grpc.aio.ServicerContext
+    ) -> pb.MergePatientsResponse:
+        violations = Violations()
+        violations.require(request.surviving_patient_id, "surviving_patient_id")
+        violations.require(request.merged_patient_id, "merged_patient_id")
+        if (
+            request.surviving_patient_id
+            and request.surviving_patient_id == request.merged_patient_id
+        ):
+            violations.add("merged_patient_id", "must differ from surviving_patient_id")
+        violations.check()
+        for patient_id in (request.surviving_patient_id, request.merged_patient_id):
+            await authorize(
+                self._authorizer,
+                action="records.demographics.write",
+                patient_id=patient_id,
+            )
+
+        def merge(session: Session) -> pb.MergePatientsResponse:
+            stored = _replay(session, "MergePatients", request.idempotency_key)
+            if stored is not None:
+                return pb.MergePatientsResponse.FromString(stored)
+            response = self._merge(session, request)
+            _remember(session, "MergePatients", request.idempotency_key, response)
+            return response
+
+        return await self._db.run(merge)
+
+    def _merge(
+        self, session: Session, request: pb.MergePatientsRequest
+    ) -> pb.MergePatientsResponse:
+        survivor = store.get_patient_for_update(session, request.surviving_patient_id)
+        merged = store.get_patient_for_update(session, request.merged_patient_id)
+        if survivor is None:
+            raise _not_found(request.surviving_patient_id)
+        if merged is None:
+            raise _not_found(request.merged_patient_id)
+        for row, field in ((survivor, "surviving"), (merged, "merged")):
+            if row.status == "merged":
+                raise MergeRejected(
+                    f"{field} patient {row.patient_id} was already merged into "
+                    f"{row.merged_into}; merge into or from that record instead",
+                    reason="PATIENT_ALREADY_MERGED",
+                )
+
+        # The merged record gives up its identifiers before the survivor takes
+        # them, because an identifier can be held by one patient only.
+        combined = rules.merge_demographics(
+            records.demographics_of(survivor), records.demographics_of(merged)
+        )
+        store.replace_identifiers(session, merged.patient_id, [])
+        store.replace_identifiers(
+            session, survivor.patient_id, rules.identifier_keys(combined)
+        )
+        moved = store.move_entries(session, merged.patient_id, survivor.patient_id)
+
+        records.apply_demographics(survivor, combined)
+        survivor.version += 1
+        survivor.updated_at = records.now()
+        merged.status = "merged"
+        merged.merged_into = survivor.patient_id
+        merged.version += 1
+        merged.updated_at = survivor.updated_at
+        session.add_all([survivor, merged])
+        session.flush()
+
+        self._outbox.add(
+            session,
+            events_pb2.PatientsMerged(
+                surviving_patient_id=survivor.patient_id,
+                merged_patient_id=merged.patient_id,
+                survivor=records.snapshot(survivor),
+                reason=request.reason,
+            ),
+            key=survivor.patient_id,
+            subject=survivor.patient_id,
+        )
+        logger.info(
+            "patients merged",
+            extra={
+                "patient_id": survivor.patient_id,
+                "merged_patient_id": merged.patient_id,
+                "moved_entries": moved,
+            },
+        )
+        return pb.MergePatientsResponse(survivor=_patient(session, survivor))
+
+    # Clinical record -------------------------------------------------------
+
+    async def GetPatientSummary(
+        self, request: pb.GetPatientSummaryRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetPatientSummaryResponse:
+        _require_id(request.patient_id, "patient_id")
+        decision = await authorize(
+            self._authorizer,
+            action="records.clinical.read",
+            patient_id=request.patient_id,
+        )
+
+        def load(session: Session) -> pb.GetPatientSummaryResponse:
+            row = _load_survivor(session, request.patient_id)
+            summary = pb.PatientSummary(patient=_patient(session, row))
+            if not decision.redact_clinical:
+                _fill_chart(summary, store.entries_of_patient(session, row.patient_id))
+            return pb.GetPatientSummaryResponse(summary=summary)
+
+        return await self._db.run(load)
+
+    async def RecordEncounter(
+        self, request: pb.RecordEncounterRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordEncounterResponse:
+        violations = Violations()
+        violations.require(request.encounter.patient_id, "encounter.patient_id")
+        violations.require(
+            request.encounter.encounter_class, "encounter.encounter_class"
+        )
+        if not request.encounter.period.HasField("start"):
+            violations.add("encounter.period.start", "is required")
+        violations.check()
+        encounter = await self._record(
+            "encounter", request.idempotency_key, request.encounter
+        )
+        return pb.RecordEncounterResponse(encounter=encounter)
+
+    async def RecordCondition(
+        self, request: pb.RecordConditionRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordConditionResponse:
+        violations = Violations()
+        violations.require(request.condition.patient_id, "condition.patient_id")
+        _require_code(request.condition.code, "condition.code", violations)
+        violations.check()
+        condition = await self._record(
+            "condition", request.idempotency_key, request.condition
+        )
+        return pb.RecordConditionResponse(condition=condition)
+
+    async def RecordAllergy(
+        self, request: pb.RecordAllergyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordAllergyResponse:
+        violations = Violations()
+        violations.require(request.allergy.patient_id, "allergy.patient_id")
+        _require_code(request.allergy.code, "allergy.code", violations)
+        if request.allergy.criticality not in ("", "low", "high", "unable-to-assess"):
+            violations.add(
+                "allergy.criticality", "must be low, high or unable-to-assess"
+            )
+        violations.check()
+        allergy = await self._record(
+            "allergy", request.idempotency_key, request.allergy
+        )
+        return pb.RecordAllergyResponse(allergy=allergy)
+
+    async def RecordMedication(
+        self, request: pb.RecordMedicationRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RecordMedicationResponse:
+        violations = Violations()
+        violations.require(request.medication.patient_id, "medication.patient_id")
+        _require_code(request.medication.code, "medication.code", violations)
+        violations.check()
+        medication = await self._record(
+            "medication", request.idempotency_key, request.medication
+        )
+        return pb.RecordMedicationResponse(medication=medication)
+
+    async def _record(self, kind: str, idempotency_key: str, message: R) -> R:
+        patient_id = str(message.patient_id)  # type: ignore[attr-defined]
+        await authorize(
+            self._authorizer, action="records.clinical.write", patient_id=patient_id
+        )
+        method = f"Record/{kind}"
+        entry = type(message)()
+        entry.CopyFrom(message)
+
+        def record(session: Session) -> R:
+            stored = _replay(session, method, idempotency_key)
+            if stored is not None:
+                return type(message).FromString(stored)
+            row = _load_survivor(session, patient_id)
+            entry.patient_id = row.patient_id  # type: ignore[attr-defined]
+            records.add_chart_entry(
+                session, self._outbox, kind=kind, message=entry, source_key=None
+            )
+            _remember(session, method, idempotency_key, entry)
+            return entry
+
+        return await self._db.run(record)
+
+    # FHIR ------------------------------------------------------------------
+
+    async def ImportFhir(
+        self, request: pb.ImportFhirRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ImportFhirResponse:
+        violations = Violations()
+        violations.require(request.bundle, "bundle")
+        entries: list[fhir_domain.BundleEntry] = []
+        if request.bundle:
+            try:
+                entries = fhir_domain.read_bundle(request.bundle)
+            except fhir_domain.FhirError as exc:
+                violations.add("bundle", str(exc))
+        violations.check()
+        await authorize(self._authorizer, action="records.clinical.write")
+
+        def run_import(session: Session) -> pb.ImportFhirResponse:
+            bundle_import = BundleImport(
+                session,
+                outbox=self._outbox,
+                entries=entries,
+                resolved_references=request.resolved_references,
+            )
+            return pb.ImportFhirResponse(outcomes=bundle_import.run())
+
+        response = await self._db.run(run_import)
+        logger.info(
+            "FHIR bundle imported",
+            extra={"entries": len(entries), "source": request.source},
+        )
+        return response
+
+    async def ExportPatient(
+        self, request: pb.ExportPatientRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ExportPatientResponse:
+        _require_id(request.patient_id, "patient_id")
+        decision = await authorize(
+            self._authorizer,
+            action="records.clinical.read",
+            patient_id=request.patient_id,
+        )
+
+        def export(session: Session) -> dict[str, Any]:
+            row = _load_survivor(session, request.patient_id)
+            rows = (
+                []
+                if decision.redact_clinical
+                else store.entries_of_patient(session, row.patient_id)
+            )
+            entries = [
+                ChartEntry(
+                    entry_id=r.entry_id,
+                    message=records.entry_message(r),
+                    fhir=json.loads(r.fhir_json) if r.fhir_json else None,
+                )
+                for r in rows
+            ]
+            demographics = records.demographics_of(row)
+            referenced = _referenced_directory_ids(demographics, entries)
+            directory = [
+                (d.entry_id, d.resource_type, json.loads(d.fhir_json))
+                for d in store.get_directory_entries(session, referenced)
+            ]
+            return export_bundle(
+                patient_id=row.patient_id,
+                demographics=demographics,
+                patient_fhir=json.loads(row.fhir_json) if row.fhir_json else None,
+                entries=entries,
+                directory=directory,
+            )
+
+        bundle = await self._db.run(export)
+        return pb.ExportPatientResponse(
+            bundle=json.dumps(bundle, ensure_ascii=False).encode()
+        )
+
+
+# Helpers ---------------------------------------------------------------------
+
+
+def _require_id(value: str, field: str) -> None:
+    violations = Violations()
+    violations.require(value, field)
+    violations.check()
+
+
+def _require_code(
+    concept: types_pb2.CodeableConcept, field: str, violations: Violations
+) -> None:
+    if not (concept.text or any(c.code for c in concept.codings)):
+        violations.add(field, "needs a coding with a code, or text")
+
+
+def _not_found(patient_id: str) -> PatientNotFound:
+    return PatientNotFound(
+        f"patient {patient_id} not found; check the id or search by identifier",
+        reason="PATIENT_NOT_FOUND",
+        metadata={"patient_id": patient_id},
+    )
+
+
+def _load_survivor(session: Session, patient_id: str) -> store.PatientRow:
+    row = records.resolve_survivor(session, patient_id)
+    if row is None:
+        raise _not_found(patient_id)
+    return row
+
+
+def _patient(session: Session, row: store.PatientRow) -> pb.Patient:
+    return records.patient_message(
+        row, store.merged_patient_ids(session, row.patient_id)
+    )
+
+
+def _possible_duplicates(
+    session: Session, patient: pb.PatientDemographics
+) -> list[pb.DuplicateCandidate]:
+    birth_date = rules.date_to_iso(patient.birth_date)
+    if not birth_date:
+        # NOTE: without a birth date no candidates are looked up, because
+        # matching only scores patients born on the same day.
+        return []
+    candidates = []
+    for row in store.patients_born_on(session, birth_date):
+        match = matching.score_match(patient, records.demographics_of(row))
+        if matching.is_possible_duplicate(match):
+            candidates.append(
+                pb.DuplicateCandidate(
+                    patient=_patient(session, row),
+                    match_score=match.score,
+                    matched_fields=match.matched_fields,
+                )
+            )
+    candidates.sort(key=lambda c: (-c.match_score, c.patient.patient_id))
+    return candidates
+
+
+def _fill_chart(summary: pb.PatientSummary, rows: Any) -> None:
+    targets: dict[str, Callable[[], Any]] = {
+        "encounter": summary.encounters.add,
+        "condition": summary.conditions.add,
+        "allergy": summary.allergies.add,
+        "medication": summary.medications.add,
+        "observation": summary.observations.add,
+    }
+    for row in rows:
+        message: Any = records.entry_message(row)
+        message.patient_id = summary.patient.patient_id
+        targets[row.kind]().CopyFrom(message)
+
+
+def _referenced_directory_ids(
+    demographics: pb.PatientDemographics, entries: list[ChartEntry]
+) -> set[str]:
+    ids = {demographics.managing_organization_id} - {""}
+    for entry in entries:
+        if entry.fhir is not None:
+            text = json.dumps(entry.fhir)
+            for resource_type in ("Practitioner", "Organization"):
+                ids.update(_ids_after(text, f'"{resource_type}/'))
+        message: Any = entry.message
+        for field in (
+            "practitioner_id",
+            "organization_id",
+            "requester_practitioner_id",
+        ):
+            value = getattr(message, field, "")
+            if value:
+                ids.add(value)
+    return ids
+
+
+def _ids_after(text: str, marker: str) -> set[str]:
+    ids = set()
+    start = text.find(marker)
+    while start != -1:
+        end = text.find('"', start + len(marker))
+        ids.add(text[start + len(marker) : end])
+        start = text.find(marker, end)
+    return ids
+
+
+def _replay(session: Session, method: str, key: str) -> bytes | None:
+    if not key:
+        return None
+    return store.load_idempotent_response(session, method, key)
+
+
+def _remember(session: Session, method: str, key: str, response: Message) -> None:
+    if key:
+        store.save_idempotent_response(
+            session, method, key, response.SerializeToString(deterministic=True)
+        )
+
+
+def _page(page: types_pb2.PageRequest, violations: Violations) -> tuple[int, int]:
+    if page.page_size < 0:
+        violations.add("page.page_size", "must not be negative")
+    size = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
+    if not page.page_token:
+        return 0, size
+    try:
+        offset = int(base64.urlsafe_b64decode(page.page_token.encode()).decode())
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        offset = -1
+    if offset < 0:
+        violations.add("page.page_token", "is not a token from a previous response")
+    # NOTE: offset paging; a patient registered between two pages can shift
+    # one row from one page to the next.
+    return max(offset, 0), size
+
+
+def _page_response(offset: int, size: int, total: int) -> types_pb2.PageResponse:
+    response = types_pb2.PageResponse(total_size=total)
+    if offset + size < total:
+        response.next_page_token = base64.urlsafe_b64encode(
+            str(offset + size).encode()
+        ).decode()
+    return response

@@ -1,0 +1,1 @@
+"""svc_authz: access decisions, consent, break-the-glass and the audit trail."""

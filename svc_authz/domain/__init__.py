@@ -1,0 +1,1 @@
+"""Rules of the authz context: access policy and the audit hash chain."""

@@ -303,9 +303,7 @@ class EventConsumer:
                     extra={"event_id": envelope.id, "error_type": type(exc).__name__},
                 )
                 return False
-            return self._dead_letter(
-                message, exc, attempts=self._options.max_attempts
-            )
+            return self._dead_letter(message, exc, attempts=self._options.max_attempts)
 
         if self._after_transaction is not None:
             self._after_transaction(envelope, applied)

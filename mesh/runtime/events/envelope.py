@@ -96,8 +96,8 @@ def dlq_topic(topic: str) -> str:
 
 def format_time(moment: datetime) -> str:
     """Format a time as RFC 3339 in UTC, as CloudEvents' ``time`` attribute."""
-    return moment.astimezone(UTC).isoformat(timespec="microseconds").replace(
-        "+00:00", "Z"
+    return (
+        moment.astimezone(UTC).isoformat(timespec="microseconds").replace("+00:00", "Z")
     )
 
 

@@ -125,8 +125,10 @@ def _forget_pending(session: Session) -> None:
 
 def _fill_context(event: Message, now: datetime) -> str:
     field = event.DESCRIPTOR.fields_by_name.get("context")
-    if field is None or field.message_type is None or (
-        field.message_type.full_name != "hin.common.v1.EventContext"
+    if (
+        field is None
+        or field.message_type is None
+        or (field.message_type.full_name != "hin.common.v1.EventContext")
     ):
         raise ValueError(
             f"{event.DESCRIPTOR.full_name} has no hin.common.v1.EventContext "

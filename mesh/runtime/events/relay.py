@@ -397,9 +397,7 @@ class OutboxRelay:
                     update(outbox_table)
                     .where(outbox_table.c.seq.in_(confirmed))
                     .where(outbox_table.c.sent_at.is_(None))
-                    .values(
-                        sent_at=now, send_attempts=outbox_table.c.send_attempts + 1
-                    )
+                    .values(sent_at=now, send_attempts=outbox_table.c.send_attempts + 1)
                 )
             for seq, error in failed.items():
                 connection.execute(

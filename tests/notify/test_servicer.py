@@ -1,0 +1,470 @@
+"""NotifyService through a real in-process server and a generated stub."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from hin.notify.v1 import events_pb2 as events
+from hin.notify.v1 import notify_service_pb2 as pb
+from hin.notify.v1 import notify_service_pb2_grpc as pb_grpc
+from svc_notify import store
+from svc_notify.tables import IntentRow
+from tests.notify.conftest import (
+    ConsentAuthorizer,
+    NotifyNetwork,
+    SteppedClock,
+    eventually,
+    start_notify,
+)
+
+ORG = f"org-{uuid.uuid4().hex[:6]}"
+
+
+@pytest.fixture(scope="module")
+async def net(
+    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
+) -> AsyncIterator[NotifyNetwork]:
+    state = tmp_path_factory.mktemp("notify-servicer")
+    clock, authorizer = SteppedClock(), ConsentAuthorizer()
+    host, port = await start_notify(
+        state,
+        kafka_bootstrap,
+        database_url=f"sqlite:///{state / 'notify.db'}",
+        extra={},
+        clock=clock,
+        authorizer=authorizer,
+    )
+    yield NotifyNetwork(host, port, state, clock, authorizer, ORG)
+    await host.stop(grace=1)
+
+
+@pytest.fixture(scope="module")
+async def stub(net: NotifyNetwork) -> AsyncIterator[pb_grpc.NotifyServiceStub]:
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{net.port}")
+    yield pb_grpc.NotifyServiceStub(channel)
+    await channel.close()
+
+
+def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
+    status = rpc_status.from_call(error)
+    assert status is not None
+    bad_request = error_details_pb2.BadRequest()
+    for detail in status.details:
+        if detail.Is(bad_request.DESCRIPTOR):
+            detail.Unpack(bad_request)
+    return [v.field for v in bad_request.field_violations]
+
+
+async def add_intent(
+    net: NotifyNetwork, recipient: str, *, patient_id: str = "", test: str = "K"
+) -> str:
+    """Store an intent as an event handler would; return its source event id."""
+    source_event_id = str(uuid.uuid4())
+
+    def write(session: store.Session) -> None:
+        store.add_intents(
+            session,
+            source_event_id=source_event_id,
+            source_event_type="hin.labs.v1.TestResultPublished",
+            intents=[
+                store.NewIntent(
+                    recipient=recipient,
+                    kind=pb.NOTIFICATION_KIND_TEST_RESULT,
+                    priority=pb.NOTIFICATION_PRIORITY_NORMAL,
+                    patient_id=patient_id,
+                    organization_id=ORG,
+                    attributes={"test": test, "result_id": source_event_id},
+                )
+            ],
+            now=net.clock(),
+        )
+
+    await net.host.db.run(write)
+    return source_event_id
+
+
+async def read_stream(
+    stub: pb_grpc.NotifyServiceStub,
+    request: pb.SubscribeRequest,
+    metadata: tuple[tuple[str, str]],
+    count: int,
+) -> list[pb.Notification]:
+    """Read ``count`` notifications from a Subscribe stream, then disconnect."""
+    call = stub.Subscribe(request, metadata=metadata)
+    received = []
+    try:
+        async with asyncio.timeout(20):
+            async for response in call:
+                received.append(response.notification)
+                if len(received) == count:
+                    break
+    finally:
+        call.cancel()
+    return received
+
+
+async def test_subscribe_rejects_invalid_recipient(net, stub) -> None:
+    metadata = net.metadata(roles=["doctor"], practitioner_id="p-1")
+    call = stub.Subscribe(
+        pb.SubscribeRequest(recipient="doctor-1", after_id=-1), metadata=metadata
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == ["recipient", "after_id"]
+
+
+async def test_subscribe_without_token_unauthenticated(stub) -> None:
+    call = stub.Subscribe(pb.SubscribeRequest(recipient="practitioner:p-1"))
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_subscribe_to_someone_else_denied(net, stub) -> None:
+    metadata = net.metadata(roles=["doctor"], practitioner_id="p-1")
+    call = stub.Subscribe(
+        pb.SubscribeRequest(recipient="practitioner:p-2"), metadata=metadata
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_subscribe_to_role_of_other_org_denied(net, stub) -> None:
+    metadata = net.metadata(roles=["privacy_officer"], organization_id="org-a")
+    call = stub.Subscribe(
+        pb.SubscribeRequest(recipient="role:privacy_officer@org-b"),
+        metadata=metadata,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call.read()
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_subscribe_replays_then_streams_live(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+    stored = [await add_intent(net, recipient) for _ in range(2)]
+
+    call = stub.Subscribe(pb.SubscribeRequest(recipient=recipient), metadata=metadata)
+    try:
+        async with asyncio.timeout(20):
+            replayed = [(await call.read()).notification for _ in range(2)]
+            live_source = await add_intent(net, recipient)
+            live = (await call.read()).notification
+    finally:
+        call.cancel()
+
+    assert [n.sequence_id for n in replayed] == [1, 2]
+    assert [n.source_event_id for n in replayed] == stored
+    assert live.sequence_id == 3
+    assert live.source_event_id == live_source
+
+
+async def test_subscribe_resumes_after_last_id(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+    sources = [await add_intent(net, recipient) for _ in range(3)]
+
+    first = await read_stream(
+        stub, pb.SubscribeRequest(recipient=recipient), metadata, 2
+    )
+    sources += [await add_intent(net, recipient) for _ in range(2)]
+    rest = await read_stream(
+        stub,
+        pb.SubscribeRequest(recipient=recipient, after_id=first[-1].sequence_id),
+        metadata,
+        3,
+    )
+
+    received = first + rest
+    assert [n.sequence_id for n in received] == [1, 2, 3, 4, 5]
+    assert [n.source_event_id for n in received] == sources
+
+
+async def test_notification_denied_by_consent_skipped(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    net.authorizer.denied.add((recipient, "pat-secret"))
+    denied_source = await add_intent(net, recipient, patient_id="pat-secret")
+    allowed_source = await add_intent(net, recipient, patient_id="pat-open")
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+
+    received = await read_stream(
+        stub, pb.SubscribeRequest(recipient=recipient), metadata, 1
+    )
+
+    assert [n.source_event_id for n in received] == [allowed_source]
+
+    def outcome(session: store.Session) -> str:
+        intent = session.exec(
+            store.select(IntentRow).where(IntentRow.source_event_id == denied_source)
+        ).one()
+        return intent.status + " " + intent.outcome
+
+    assert await net.host.db.run(outcome) == (
+        f'done {{"denied": ["{recipient}"], "notified": []}}'
+    )
+
+
+async def test_list_notifications_pages_newest_first(net, stub) -> None:
+    patient_id = f"pat-{uuid.uuid4().hex[:6]}"
+    recipient = f"patient:{patient_id}"
+    metadata = net.metadata(roles=["patient"], patient_id=patient_id)
+    for _ in range(5):
+        await add_intent(net, recipient, patient_id=patient_id)
+
+    async def all_stored() -> bool:
+        response = await stub.ListNotifications(
+            pb.ListNotificationsRequest(recipient=recipient), metadata=metadata
+        )
+        return response.page.total_size == 5
+
+    await eventually(all_stored)
+    pages, token = [], ""
+    while True:
+        response = await stub.ListNotifications(
+            pb.ListNotificationsRequest(
+                recipient=recipient,
+                page={"page_size": 2, "page_token": token},
+            ),
+            metadata=metadata,
+        )
+        pages.append([n.sequence_id for n in response.notifications])
+        token = response.page.next_page_token
+        if not token:
+            break
+
+    assert pages == [[5, 4], [3, 2], [1]]
+
+
+async def test_list_notifications_bad_token_rejected(net, stub) -> None:
+    metadata = net.metadata(roles=["patient"], patient_id="pat-1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListNotifications(
+            pb.ListNotificationsRequest(
+                recipient="patient:pat-1", page={"page_token": "not-a-token"}
+            ),
+            metadata=metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == ["page.page_token"]
+
+
+async def test_preferences_round_trip(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+    wanted = pb.Preferences(
+        recipient=recipient,
+        channels=[events.CHANNEL_EMAIL, events.CHANNEL_WEBHOOK],
+        language="ar",
+        time_zone="Africa/Cairo",
+        quiet_hours=pb.QuietHours(
+            start=pb.TimeOfDay(hours=22), end=pb.TimeOfDay(hours=6, minutes=30)
+        ),
+        email="doctor@example.org",
+        phone="+201001234567",
+        webhook_url="https://hooks.example.org/hin",
+    )
+
+    saved = await stub.SetPreferences(
+        pb.SetPreferencesRequest(
+            preferences=wanted, webhook_secret="s" * 32, expected_version=0
+        ),
+        metadata=metadata,
+    )
+    read = await stub.GetPreferences(
+        pb.GetPreferencesRequest(recipient=recipient), metadata=metadata
+    )
+
+    expected = pb.Preferences()
+    expected.CopyFrom(wanted)
+    expected.webhook_secret_set = True
+    expected.version = 1
+    assert saved.preferences == expected
+    assert read.preferences == expected
+
+
+async def test_preferences_stale_version_aborted(net, stub) -> None:
+    patient_id = f"pat-{uuid.uuid4().hex[:6]}"
+    recipient = f"patient:{patient_id}"
+    metadata = net.metadata(roles=["patient"], patient_id=patient_id)
+    request = pb.SetPreferencesRequest(
+        preferences=pb.Preferences(recipient=recipient, language="en"),
+        expected_version=0,
+    )
+    await stub.SetPreferences(request, metadata=metadata)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetPreferences(request, metadata=metadata)
+
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+
+
+async def test_preferences_invalid_fields_named(net, stub) -> None:
+    metadata = net.metadata(roles=["doctor"], practitioner_id="p-1")
+    request = pb.SetPreferencesRequest(
+        preferences=pb.Preferences(
+            recipient="practitioner:p-1",
+            channels=[events.CHANNEL_WEBHOOK, 9],
+            language="fr",
+            time_zone="Mars/Olympus",
+            quiet_hours=pb.QuietHours(
+                start=pb.TimeOfDay(hours=24), end=pb.TimeOfDay(minutes=60)
+            ),
+            email="not-an-address",
+            phone="01001234567",
+            webhook_url="http://hooks.example.org/hin",
+        ),
+        webhook_secret="short",
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetPreferences(request, metadata=metadata)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == [
+        "preferences.channels[1]",
+        "preferences.language",
+        "preferences.time_zone",
+        "preferences.quiet_hours.start.hours",
+        "preferences.quiet_hours.end.minutes",
+        "preferences.email",
+        "preferences.phone",
+        "preferences.webhook_url",
+        "webhook_secret",
+    ]
+
+
+async def test_webhook_url_needs_secret(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+    request = pb.SetPreferencesRequest(
+        preferences=pb.Preferences(
+            recipient=f"practitioner:{practitioner_id}",
+            webhook_url="http://127.0.0.1:9/hook",
+        )
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetPreferences(request, metadata=metadata)
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == ["webhook_secret"]
+
+
+async def test_roster_round_trip_versions(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"])
+    roster = pb.OnCallRoster(
+        organization_id=ORG,
+        department="cardiology",
+        on_call_practitioner_ids=["p-a", "p-b"],
+        department_head_practitioner_id="p-head",
+    )
+    first = await stub.SetOnCallRoster(
+        pb.SetOnCallRosterRequest(roster=roster), metadata=metadata
+    )
+    roster.on_call_practitioner_ids[:] = ["p-b", "p-a"]
+    second = await stub.SetOnCallRoster(
+        pb.SetOnCallRosterRequest(roster=roster, expected_version=1),
+        metadata=metadata,
+    )
+
+    assert first.roster.version == 1
+    assert list(second.roster.on_call_practitioner_ids) == ["p-b", "p-a"]
+    assert second.roster.version == 2
+
+
+async def test_roster_of_other_org_denied(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"], organization_id="org-other")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetOnCallRoster(
+            pb.SetOnCallRosterRequest(roster=pb.OnCallRoster(organization_id=ORG)),
+            metadata=metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_roster_needs_admin_role(net, stub) -> None:
+    metadata = net.metadata(roles=["doctor"], practitioner_id="p-1")
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetOnCallRoster(
+            pb.SetOnCallRosterRequest(roster=pb.OnCallRoster(organization_id=ORG)),
+            metadata=metadata,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_roster_repeated_practitioner_rejected(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"])
+    roster = pb.OnCallRoster(organization_id=ORG, on_call_practitioner_ids=["a", "a"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetOnCallRoster(
+            pb.SetOnCallRosterRequest(roster=roster), metadata=metadata
+        )
+    assert violated_fields(caught.value) == ["roster.on_call_practitioner_ids[1]"]
+
+
+async def test_role_members_on_call_rejected(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.SetRoleMembers(
+            pb.SetRoleMembersRequest(organization_id=ORG, role="on_call"),
+            metadata=metadata,
+        )
+    assert violated_fields(caught.value) == ["role"]
+
+
+async def test_role_members_round_trip(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"])
+    response = await stub.SetRoleMembers(
+        pb.SetRoleMembersRequest(
+            organization_id=ORG, role="privacy_officer", practitioner_ids=["po-1"]
+        ),
+        metadata=metadata,
+    )
+    assert list(response.practitioner_ids) == ["po-1"]
+    assert response.version == 1
+
+
+async def test_list_deliveries_needs_filter(net, stub) -> None:
+    metadata = net.metadata(roles=["administrator"])
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.ListDeliveries(pb.ListDeliveriesRequest(), metadata=metadata)
+    assert violated_fields(caught.value) == ["recipient"]
+
+
+async def test_list_deliveries_logs_each_channel(net, stub) -> None:
+    patient_id = f"pat-{uuid.uuid4().hex[:6]}"
+    recipient = f"patient:{patient_id}"
+    metadata = net.metadata(roles=["patient"], patient_id=patient_id)
+    source = await add_intent(net, recipient, patient_id=patient_id)
+
+    async def final_log() -> list[pb.Delivery] | None:
+        response = await stub.ListDeliveries(
+            pb.ListDeliveriesRequest(recipient=recipient), metadata=metadata
+        )
+        rows = list(response.deliveries)
+        done = len(rows) == 2 and all(
+            d.status != pb.DELIVERY_STATUS_PENDING for d in rows
+        )
+        return rows if done else None
+
+    rows = await eventually(final_log)
+
+    by_channel = {d.channel: d for d in rows}
+    # No SMTP relay is configured in this module and the patient has no
+    # address: the e-mail is logged as skipped, the in-app copy as sent.
+    assert sorted(by_channel) == [events.CHANNEL_IN_APP, events.CHANNEL_EMAIL]
+    assert by_channel[events.CHANNEL_IN_APP].status == pb.DELIVERY_STATUS_SENT
+    assert by_channel[events.CHANNEL_EMAIL].status == pb.DELIVERY_STATUS_SKIPPED
+    assert by_channel[events.CHANNEL_EMAIL].source_event_id == source

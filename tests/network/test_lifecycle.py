@@ -1,0 +1,103 @@
+"""``hin up``, ``status``, ``restart`` and ``down`` on a network of their own."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from mesh.network.state import NetworkState, process_alive
+from mesh.network.topology import CallRule, Topology
+from tests.network.conftest import RunningNetwork, stand_in, start_network
+
+
+@pytest.fixture(scope="module")
+def small_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
+    topology = Topology(
+        services=(
+            stand_in("authz", "hin.authz.v1.AuthzService"),
+            stand_in("billing", "hin.billing.v1.BillingService"),
+            stand_in("records", "hin.records.v1.RecordsService"),
+        ),
+        calls=(CallRule("billing", "authz", ("/hin.authz.v1.AuthzService/Check",)),),
+    )
+    network = start_network(tmp_path_factory.mktemp("lifecycle") / "state", topology)
+    yield network
+    network.hin("down")
+
+
+def status(network: RunningNetwork) -> dict:
+    result = network.hin("status", "--json")
+    return json.loads(result.stdout)
+
+
+def all_pids(state: NetworkState) -> list[int]:
+    pids = [state.supervisor_pid, state.ingress_pid]
+    for service in state.services.values():
+        for replica in service.replicas:
+            pids += [replica.pid, replica.sidecar_pid]
+    return pids
+
+
+def test_status_reports_every_service_up(small_network: RunningNetwork) -> None:
+    report = status(small_network)
+    assert report["status"] == "ready"
+    assert {name: s["state"] for name, s in report["services"].items()} == {
+        "authz": "up",
+        "billing": "up",
+        "records": "up",
+    }
+    assert report["ingress"] == small_network.state.ingress
+
+
+def test_network_file_has_documented_keys(small_network: RunningNetwork) -> None:
+    data = json.loads((small_network.state_dir / "network.json").read_text())
+    assert data["kafka_bootstrap"].startswith("127.0.0.1:")
+    assert data["ingress"].startswith("127.0.0.1:")
+    assert data["trace_receiver"].startswith("127.0.0.1:")
+    replica = data["services"]["billing"]["replicas"][0]
+    assert set(replica) >= {"address", "sidecar_inbound", "pid", "mllp"}
+
+
+def test_killed_service_shown_down(small_network: RunningNetwork) -> None:
+    billing = small_network.state.replica("billing")
+    os.kill(billing.pid, signal.SIGKILL)
+
+    deadline = time.monotonic() + 20
+    report = status(small_network)
+    while (
+        report["services"]["billing"]["state"] != "down" and time.monotonic() < deadline
+    ):
+        time.sleep(0.5)
+        report = status(small_network)
+    assert report["services"]["billing"]["state"] == "down"
+    assert report["services"]["authz"]["state"] == "up"
+    assert report["services"]["records"]["state"] == "up"
+    assert report["services"]["billing"]["replicas"][0]["exit_code"] == -signal.SIGKILL
+
+
+def test_restart_brings_service_back(small_network: RunningNetwork) -> None:
+    result = small_network.hin("restart", "billing")
+    assert result.returncode == 0, result.stderr
+    report = status(small_network)
+    assert report["services"]["billing"]["state"] == "up"
+    assert report["healthy"] is True
+
+
+def test_down_leaves_no_process(small_network: RunningNetwork) -> None:
+    state = NetworkState.load(small_network.state_dir)
+    pids = all_pids(state)
+    result = small_network.hin("down")
+    assert result.returncode == 0, result.stderr
+    assert [pid for pid in pids if process_alive(pid)] == []
+    assert NetworkState.load(small_network.state_dir).status == "stopped"
+    assert not Path(state.control_socket).exists()
+    host, port = state.kafka_bootstrap.rsplit(":", 1)
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection((host, int(port)), timeout=2).close()

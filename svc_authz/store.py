@@ -16,14 +16,14 @@ from sqlalchemy import DateTime as SaDateTime
 from sqlalchemy.orm import registry
 from sqlmodel import Field, Session, SQLModel, col, select
 
-from mesh.runtime.events import add_event_tables
-from svc_authz.domain.audit_chain import (
+from mesh.runtime.audit_chain import (
     CHAINED_FIELDS,
     GENESIS_HASH,
     ChainReport,
     record_hash,
     verify_chain,
 )
+from mesh.runtime.events import add_event_tables
 
 UTC = datetime.UTC
 

@@ -6,6 +6,9 @@ changing a field breaks that record's hash, removing a record breaks the
 sequence and the next record's ``previous_hash``, and swapping two records
 breaks both hashes. The chain head (last sequence and hash) is stored apart
 and compared at the end, which detects records removed from the tail.
+
+svc_authz writes the chain; ``hin audit verify --database-url`` checks it on
+the raw database without the service, so both read this one definition.
 """
 
 from __future__ import annotations

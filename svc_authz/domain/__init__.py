@@ -1,1 +1,1 @@
-"""Rules of the authz context: access policy and the audit hash chain."""
+"""Rules of the authz context: who may reach which patient's data."""

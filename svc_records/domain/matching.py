@@ -3,10 +3,12 @@
 Score, from 0 to 100:
 
 - name, up to 60 points: 60 times the best similarity between any name of
-  one record and any name of the other. A name is compared as its
-  normalized words (see ``names.normalize_name``) sorted alphabetically, so
-  word order, case, accents and Arabic spelling variants do not count. The
-  similarity is difflib's SequenceMatcher ratio of the two strings (0 to 1).
+  one record and any name of the other. Names are normalized first (see
+  ``names.normalize_name``), so case, accents and Arabic spelling variants
+  do not count. Each name is compared in two forms: its words sorted
+  alphabetically, so word order does not count, and its words in order
+  with the spaces removed, so "عبد الله" equals "عبدالله". The similarity
+  is difflib's SequenceMatcher ratio (0 to 1) of the better form.
 - birth date, 30 points when both are known and equal.
 - gender, 10 points when both are known and equal; 5 when either is unknown.
 
@@ -47,17 +49,17 @@ class MatchScore:
     matched_fields: tuple[str, ...]
 
 
-def comparable_names(patient: pb.PatientDemographics) -> list[str]:
-    """Return each name as its normalized words, sorted and space joined."""
+def comparable_names(patient: pb.PatientDemographics) -> list[tuple[str, str]]:
+    """Return each name as (sorted words, words joined without spaces)."""
     names = []
     for name in patient.names:
         words = [
-            w
-            for part in (name.text, name.family, *name.given)
-            for w in name_tokens(part)
+            word
+            for part in (*name.given, name.family, name.text)
+            for word in name_tokens(part)
         ]
         if words:
-            names.append(" ".join(sorted(dict.fromkeys(words))))
+            names.append((" ".join(sorted(set(words))), "".join(words)))
     return names
 
 
@@ -66,9 +68,13 @@ def name_similarity(
 ) -> float:
     """Return the best similarity between any two names of the records."""
     best = 0.0
-    for a in comparable_names(left):
-        for b in comparable_names(right):
-            best = max(best, SequenceMatcher(None, a, b).ratio())
+    for left_sorted, left_joined in comparable_names(left):
+        for right_sorted, right_joined in comparable_names(right):
+            best = max(
+                best,
+                SequenceMatcher(None, left_sorted, right_sorted).ratio(),
+                SequenceMatcher(None, left_joined, right_joined).ratio(),
+            )
     return best
 
 

@@ -1,0 +1,107 @@
+"""Records storage on SQLite and PostgreSQL: migration, constraints, queries."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import inspect, select
+from sqlalchemy.exc import IntegrityError
+
+from hin.common.v1 import types_pb2
+from hin.records.v1 import records_service_pb2 as pb
+from mesh.runtime.events import Outbox, outbox_table
+from mesh.runtime.storage import Database
+from svc_records import records, store
+from svc_records.store import RecordsBase
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    database = Database(database_url)
+    database.migrate("svc_records:migrations")
+    yield database
+    database.dispose()
+
+
+def demographics(family: str, mrn: str) -> pb.PatientDemographics:
+    return pb.PatientDemographics(
+        names=[types_pb2.HumanName(family=family, given=["Store"])],
+        birth_date=types_pb2.Date(year=1950, month=3, day=4),
+        gender=types_pb2.GENDER_MALE,
+        identifiers=[types_pb2.Identifier(system="urn:hin:id:mrn:org-1", value=mrn)],
+        telecom=[types_pb2.ContactPoint(system="phone", value="+20 122 333 4444")],
+    )
+
+
+@pytest.mark.postgres
+def test_migration_matches_models(db: Database) -> None:
+    with db.engine.connect() as connection:
+        differences = compare_metadata(
+            MigrationContext.configure(connection), RecordsBase.metadata
+        )
+    assert differences == []
+
+
+@pytest.mark.postgres
+def test_migration_creates_every_table(db: Database) -> None:
+    tables = set(inspect(db.engine).get_table_names()) - {"alembic_version"}
+    assert tables == set(RecordsBase.metadata.tables)
+
+
+@pytest.mark.postgres
+def test_identifier_held_once(db: Database) -> None:
+    outbox = Outbox(service="records")
+    with db.transaction() as session:
+        records.create_patient(session, outbox, demographics("First", "MRN-1"))
+    with pytest.raises(IntegrityError):
+        with db.transaction() as session:
+            records.create_patient(session, outbox, demographics("Second", "MRN-1"))
+    with db.transaction() as session:
+        rows, total = store.search_patients(
+            session,
+            patient_ids=None,
+            name_words=[],
+            birth_date="1950-03-04",
+            phone_digits="",
+            offset=0,
+            limit=10,
+        )
+    assert total == 1
+    assert [r.search_names for r in rows] == [" first store "]
+
+
+@pytest.mark.postgres
+def test_search_matches_word_starts(db: Database) -> None:
+    outbox = Outbox(service="records")
+    with db.transaction() as session:
+        records.create_patient(session, outbox, demographics("Hassanein", "MRN-2"))
+        records.create_patient(session, outbox, demographics("Abohassan", "MRN-3"))
+    with db.transaction() as session:
+        rows, total = store.search_patients(
+            session,
+            patient_ids=None,
+            name_words=["hassan"],
+            birth_date="",
+            phone_digits="223334444",
+            offset=0,
+            limit=10,
+        )
+    assert total == 1
+    assert records.demographics_of(rows[0]).names[0].family == "Hassanein"
+
+
+@pytest.mark.postgres
+def test_created_patient_emits_registered(db: Database) -> None:
+    outbox = Outbox(service="records")
+    with db.transaction() as session:
+        row = records.create_patient(session, outbox, demographics("Evented", "MRN-4"))
+    with db.transaction() as session:
+        written = session.execute(
+            select(outbox_table.c.event_type, outbox_table.c.key)
+        ).all()
+    assert [tuple(r) for r in written] == [
+        ("hin.records.v1.PatientRegistered", row.patient_id)
+    ]

@@ -40,6 +40,7 @@ class Decision:
     #: Id of the audit record svc_authz wrote for this decision, if any.
     audit_id: str = ""
 
+
 CATEGORIES = frozenset(
     {
         "demographics",

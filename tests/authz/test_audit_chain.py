@@ -107,7 +107,7 @@ def test_empty_chain_with_head_zero() -> None:
 
 @pytest.fixture
 def audit_db(database_url: str) -> Iterator[tuple[Database, str]]:
-    """A migrated authz database holding a chain of six records."""
+    """A migrated authz database with a chain of six records."""
     db = Database(database_url)
     db.migrate("svc_authz:migrations")
     with db.transaction() as session:

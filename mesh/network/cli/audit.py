@@ -228,8 +228,9 @@ def disclosures_from_database(url: str, patient_id: str) -> Iterator[dict[str, s
                     .where(
                         records.c.patient_id == patient_id,
                         records.c.decision == "ALLOW",
-                        # A caller whose only role is patient reaches only their own
-                        # record, so these are the patient's own reads.
+                        # Leave out callers whose only role is patient: such a
+                        # caller reaches only their own record, so those records
+                        # are the patient's own reads, not disclosures.
                         records.c.roles != "patient",
                     )
                     .order_by(records.c.sequence)

@@ -26,33 +26,33 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from hin.common.v1 import types_pb2 as hin_dot_common_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hin/labs/v1/events.proto\x12\x0bhin.labs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19hin/common/v1/types.proto\"9\n\x0eReferenceRange\x12\x0b\n\x03low\x18\x01 \x01(\t\x12\x0c\n\x04high\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x8d\x01\n\x0bResultValue\x12\x12\n\x08quantity\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x05\x63oded\x18\x03 \x01(\x0b\x32\x1e.hin.common.v1.CodeableConceptH\x00\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\ncomparator\x18\x05 \x01(\tB\x07\n\x05value\"\xf3\x03\n\nTestResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12#\n\x04test\x18\x04 \x01(\x0b\x32\x15.hin.common.v1.Coding\x12\'\n\x05value\x18\x05 \x01(\x0b\x32\x18.hin.labs.v1.ResultValue\x12\x34\n\x0freference_range\x18\x06 \x01(\x0b\x32\x1b.hin.labs.v1.ReferenceRange\x12\x33\n\x0einterpretation\x18\x07 \x01(\x0e\x32\x1b.hin.labs.v1.Interpretation\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.hin.labs.v1.ResultStatus\x12\x10\n\x08\x63ritical\x18\t \x01(\x08\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tissued_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18ordering_practitioner_id\x18\x0c \x01(\t\x12\"\n\x1aperforming_organization_id\x18\r \x01(\t\x12\x0f\n\x07version\x18\x0e \x01(\x03\"\x9d\x02\n\x0eLabOrderPlaced\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12 \n\x18ordering_practitioner_id\x18\x04 \x01(\t\x12\x17\n\x0forganization_id\x18\x05 \x01(\t\x12$\n\x05tests\x18\x06 \x03(\x0b\x32\x15.hin.common.v1.Coding\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.hin.labs.v1.Priority\x12-\n\tplaced_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x11SpecimenCollected\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x13\n\x0bspecimen_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12,\n\rspecimen_type\x18\x05 \x01(\x0b\x32\x15.hin.common.v1.Coding\x12\x30\n\x0c\x63ollected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x13TestResultPublished\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.hin.labs.v1.TestResult\x12\x12\n\nhistorical\x18\x03 \x01(\x08\"\x96\x01\n\x13TestResultCorrected\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.hin.labs.v1.TestResult\x12\x18\n\x10previous_version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xbf\x01\n\x1a\x43riticalResultAcknowledged\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x11\n\tresult_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63knowledged_by\x18\x04 \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xdc\x01\n\x0eInterpretation\x12\x1e\n\x1aINTERPRETATION_UNSPECIFIED\x10\x00\x12\x19\n\x15INTERPRETATION_NORMAL\x10\x01\x12\x17\n\x13INTERPRETATION_HIGH\x10\x02\x12\x16\n\x12INTERPRETATION_LOW\x10\x03\x12 \n\x1cINTERPRETATION_CRITICAL_HIGH\x10\x04\x12\x1f\n\x1bINTERPRETATION_CRITICAL_LOW\x10\x05\x12\x1b\n\x17INTERPRETATION_ABNORMAL\x10\x06*\x9f\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESULT_STATUS_PRELIMINARY\x10\x01\x12\x17\n\x13RESULT_STATUS_FINAL\x10\x02\x12\x1b\n\x17RESULT_STATUS_CORRECTED\x10\x03\x12\x1b\n\x17RESULT_STATUS_CANCELLED\x10\x04*b\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x14\n\x10PRIORITY_ROUTINE\x10\x01\x12\x13\n\x0fPRIORITY_URGENT\x10\x02\x12\x11\n\rPRIORITY_STAT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18hin/labs/v1/events.proto\x12\x0bhin.labs.v1\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x19hin/common/v1/types.proto\"9\n\x0eReferenceRange\x12\x0b\n\x03low\x18\x01 \x01(\t\x12\x0c\n\x04high\x18\x02 \x01(\t\x12\x0c\n\x04text\x18\x03 \x01(\t\"\x8d\x01\n\x0bResultValue\x12\x12\n\x08quantity\x18\x01 \x01(\tH\x00\x12\x0e\n\x04text\x18\x02 \x01(\tH\x00\x12/\n\x05\x63oded\x18\x03 \x01(\x0b\x32\x1e.hin.common.v1.CodeableConceptH\x00\x12\x0c\n\x04unit\x18\x04 \x01(\t\x12\x12\n\ncomparator\x18\x05 \x01(\tB\x07\n\x05value\"\x82\x04\n\nTestResult\x12\x11\n\tresult_id\x18\x01 \x01(\t\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12#\n\x04test\x18\x04 \x01(\x0b\x32\x15.hin.common.v1.Coding\x12\'\n\x05value\x18\x05 \x01(\x0b\x32\x18.hin.labs.v1.ResultValue\x12\x34\n\x0freference_range\x18\x06 \x01(\x0b\x32\x1b.hin.labs.v1.ReferenceRange\x12\x33\n\x0einterpretation\x18\x07 \x01(\x0e\x32\x1b.hin.labs.v1.Interpretation\x12)\n\x06status\x18\x08 \x01(\x0e\x32\x19.hin.labs.v1.ResultStatus\x12\x10\n\x08\x63ritical\x18\t \x01(\x08\x12\x30\n\x0c\x65\x66\x66\x65\x63tive_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\tissued_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12 \n\x18ordering_practitioner_id\x18\x0c \x01(\t\x12\"\n\x1aperforming_organization_id\x18\r \x01(\t\x12\x0f\n\x07version\x18\x0e \x01(\x03\x12\r\n\x05notes\x18\x0f \x03(\t\"\x9d\x02\n\x0eLabOrderPlaced\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x10\n\x08order_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12 \n\x18ordering_practitioner_id\x18\x04 \x01(\t\x12\x17\n\x0forganization_id\x18\x05 \x01(\t\x12$\n\x05tests\x18\x06 \x03(\x0b\x32\x15.hin.common.v1.Coding\x12\'\n\x08priority\x18\x07 \x01(\x0e\x32\x15.hin.labs.v1.Priority\x12-\n\tplaced_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\xdc\x01\n\x11SpecimenCollected\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x13\n\x0bspecimen_id\x18\x02 \x01(\t\x12\x10\n\x08order_id\x18\x03 \x01(\t\x12\x12\n\npatient_id\x18\x04 \x01(\t\x12,\n\rspecimen_type\x18\x05 \x01(\x0b\x32\x15.hin.common.v1.Coding\x12\x30\n\x0c\x63ollected_at\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x13TestResultPublished\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.hin.labs.v1.TestResult\x12\x12\n\nhistorical\x18\x03 \x01(\x08\"\x96\x01\n\x13TestResultCorrected\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\'\n\x06result\x18\x02 \x01(\x0b\x32\x17.hin.labs.v1.TestResult\x12\x18\n\x10previous_version\x18\x03 \x01(\x03\x12\x0e\n\x06reason\x18\x04 \x01(\t\"\xbf\x01\n\x1a\x43riticalResultAcknowledged\x12,\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1b.hin.common.v1.EventContext\x12\x11\n\tresult_id\x18\x02 \x01(\t\x12\x12\n\npatient_id\x18\x03 \x01(\t\x12\x17\n\x0f\x61\x63knowledged_by\x18\x04 \x01(\t\x12\x33\n\x0f\x61\x63knowledged_at\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*\xdc\x01\n\x0eInterpretation\x12\x1e\n\x1aINTERPRETATION_UNSPECIFIED\x10\x00\x12\x19\n\x15INTERPRETATION_NORMAL\x10\x01\x12\x17\n\x13INTERPRETATION_HIGH\x10\x02\x12\x16\n\x12INTERPRETATION_LOW\x10\x03\x12 \n\x1cINTERPRETATION_CRITICAL_HIGH\x10\x04\x12\x1f\n\x1bINTERPRETATION_CRITICAL_LOW\x10\x05\x12\x1b\n\x17INTERPRETATION_ABNORMAL\x10\x06*\x9f\x01\n\x0cResultStatus\x12\x1d\n\x19RESULT_STATUS_UNSPECIFIED\x10\x00\x12\x1d\n\x19RESULT_STATUS_PRELIMINARY\x10\x01\x12\x17\n\x13RESULT_STATUS_FINAL\x10\x02\x12\x1b\n\x17RESULT_STATUS_CORRECTED\x10\x03\x12\x1b\n\x17RESULT_STATUS_CANCELLED\x10\x04*b\n\x08Priority\x12\x18\n\x14PRIORITY_UNSPECIFIED\x10\x00\x12\x14\n\x10PRIORITY_ROUTINE\x10\x01\x12\x13\n\x0fPRIORITY_URGENT\x10\x02\x12\x11\n\rPRIORITY_STAT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'hin.labs.v1.events_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_INTERPRETATION']._serialized_start=1796
-  _globals['_INTERPRETATION']._serialized_end=2016
-  _globals['_RESULTSTATUS']._serialized_start=2019
-  _globals['_RESULTSTATUS']._serialized_end=2178
-  _globals['_PRIORITY']._serialized_start=2180
-  _globals['_PRIORITY']._serialized_end=2278
+  _globals['_INTERPRETATION']._serialized_start=1811
+  _globals['_INTERPRETATION']._serialized_end=2031
+  _globals['_RESULTSTATUS']._serialized_start=2034
+  _globals['_RESULTSTATUS']._serialized_end=2193
+  _globals['_PRIORITY']._serialized_start=2195
+  _globals['_PRIORITY']._serialized_end=2293
   _globals['_REFERENCERANGE']._serialized_start=101
   _globals['_REFERENCERANGE']._serialized_end=158
   _globals['_RESULTVALUE']._serialized_start=161
   _globals['_RESULTVALUE']._serialized_end=302
   _globals['_TESTRESULT']._serialized_start=305
-  _globals['_TESTRESULT']._serialized_end=804
-  _globals['_LABORDERPLACED']._serialized_start=807
-  _globals['_LABORDERPLACED']._serialized_end=1092
-  _globals['_SPECIMENCOLLECTED']._serialized_start=1095
-  _globals['_SPECIMENCOLLECTED']._serialized_end=1315
-  _globals['_TESTRESULTPUBLISHED']._serialized_start=1318
-  _globals['_TESTRESULTPUBLISHED']._serialized_end=1446
-  _globals['_TESTRESULTCORRECTED']._serialized_start=1449
-  _globals['_TESTRESULTCORRECTED']._serialized_end=1599
-  _globals['_CRITICALRESULTACKNOWLEDGED']._serialized_start=1602
-  _globals['_CRITICALRESULTACKNOWLEDGED']._serialized_end=1793
+  _globals['_TESTRESULT']._serialized_end=819
+  _globals['_LABORDERPLACED']._serialized_start=822
+  _globals['_LABORDERPLACED']._serialized_end=1107
+  _globals['_SPECIMENCOLLECTED']._serialized_start=1110
+  _globals['_SPECIMENCOLLECTED']._serialized_end=1330
+  _globals['_TESTRESULTPUBLISHED']._serialized_start=1333
+  _globals['_TESTRESULTPUBLISHED']._serialized_end=1461
+  _globals['_TESTRESULTCORRECTED']._serialized_start=1464
+  _globals['_TESTRESULTCORRECTED']._serialized_end=1614
+  _globals['_CRITICALRESULTACKNOWLEDGED']._serialized_start=1617
+  _globals['_CRITICALRESULTACKNOWLEDGED']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

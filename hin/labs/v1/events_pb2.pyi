@@ -176,6 +176,7 @@ class TestResult(_message.Message):
     ORDERING_PRACTITIONER_ID_FIELD_NUMBER: _builtins.int
     PERFORMING_ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
     VERSION_FIELD_NUMBER: _builtins.int
+    NOTES_FIELD_NUMBER: _builtins.int
     result_id: _builtins.str
     order_id: _builtins.str
     patient_id: _builtins.str
@@ -197,6 +198,10 @@ class TestResult(_message.Message):
     def effective_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
     def issued_at(self) -> _timestamp_pb2.Timestamp: ...
+    @_builtins.property
+    def notes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Comments the lab attached to the result (HL7 v2 NTE after the OBX)."""
+
     def __init__(
         self,
         *,
@@ -214,10 +219,11 @@ class TestResult(_message.Message):
         ordering_practitioner_id: _builtins.str = ...,
         performing_organization_id: _builtins.str = ...,
         version: _builtins.int = ...,
+        notes: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["effective_at", b"effective_at", "issued_at", b"issued_at", "reference_range", b"reference_range", "test", b"test", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["critical", b"critical", "effective_at", b"effective_at", "interpretation", b"interpretation", "issued_at", b"issued_at", "order_id", b"order_id", "ordering_practitioner_id", b"ordering_practitioner_id", "patient_id", b"patient_id", "performing_organization_id", b"performing_organization_id", "reference_range", b"reference_range", "result_id", b"result_id", "status", b"status", "test", b"test", "value", b"value", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["critical", b"critical", "effective_at", b"effective_at", "interpretation", b"interpretation", "issued_at", b"issued_at", "notes", b"notes", "order_id", b"order_id", "ordering_practitioner_id", b"ordering_practitioner_id", "patient_id", b"patient_id", "performing_organization_id", b"performing_organization_id", "reference_range", b"reference_range", "result_id", b"result_id", "status", b"status", "test", b"test", "value", b"value", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

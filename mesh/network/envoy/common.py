@@ -130,28 +130,47 @@ def write_secret_files(
     """
     files = authority.ensure_leaf(identity)
     folder.mkdir(parents=True, exist_ok=True)
-    certificate = Secret(
-        name=CERT_SECRET,
-        tls_certificate=TlsCertificate(
-            certificate_chain=DataSource(filename=str(files.cert)),
-            private_key=DataSource(filename=str(files.key)),
-            watched_directory=WatchedDirectory(path=str(files.folder)),
-        ),
-    )
-    ca = Secret(
-        name=CA_SECRET,
-        validation_context=CertificateValidationContext(
-            trusted_ca=DataSource(filename=str(authority.ca_path)),
-        ),
+    certificate, ca = secret_documents(
+        cert=str(files.cert),
+        key=str(files.key),
+        watched_folder=str(files.folder),
+        ca=str(authority.ca_path),
     )
     paths = SecretFiles(
         certificate=folder / "sds-certificate.json",
         authority=folder / "sds-ca.json",
     )
-    for secret, path in ((certificate, paths.certificate), (ca, paths.authority)):
-        response = DiscoveryResponse(resources=[pack(secret)])
-        write_json(to_json_dict(response), path)
+    write_json(certificate, paths.certificate)
+    write_json(ca, paths.authority)
     return paths
+
+
+def secret_documents(
+    *, cert: str, key: str, watched_folder: str, ca: str
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Return the SDS file contents for a certificate and for the mesh CA.
+
+    Envoy rereads the certificate and key together when an entry is moved
+    into ``watched_folder``.
+    """
+    certificate = Secret(
+        name=CERT_SECRET,
+        tls_certificate=TlsCertificate(
+            certificate_chain=DataSource(filename=cert),
+            private_key=DataSource(filename=key),
+            watched_directory=WatchedDirectory(path=watched_folder),
+        ),
+    )
+    authority = Secret(
+        name=CA_SECRET,
+        validation_context=CertificateValidationContext(
+            trusted_ca=DataSource(filename=ca),
+        ),
+    )
+    return (
+        to_json_dict(DiscoveryResponse(resources=[pack(certificate)])),
+        to_json_dict(DiscoveryResponse(resources=[pack(authority)])),
+    )
 
 
 def sds_config(name: str, path: Path) -> SdsSecretConfig:

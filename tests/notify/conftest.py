@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 import threading
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -98,9 +99,13 @@ class SmtpInbox:
 def smtp_inbox() -> Iterator[SmtpInbox]:
     """Real SMTP server on a free loopback port."""
     inbox = SmtpInbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=0)
+    # The controller connects to its own port to see that it is up, so it
+    # needs a real port number rather than 0.
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        inbox.port = probe.getsockname()[1]
+    controller = Controller(inbox, hostname="127.0.0.1", port=inbox.port)
     controller.start()
-    inbox.port = controller.server.sockets[0].getsockname()[1]
     yield inbox
     controller.stop()
 

@@ -285,3 +285,51 @@ async def authz(
     yield harness
     await channel.close()
     await host.stop(grace=1)
+
+
+def find_event(
+    bootstrap: str,
+    event_type: type[Message],
+    matches: Callable[[Any], bool],
+    *,
+    timeout: float = 30.0,
+) -> Any:
+    """Read the event type's topic from the start; return the first match.
+
+    Partitions are assigned directly, so no consumer group has to form.
+    Raises AssertionError when no matching record arrives within ``timeout``.
+    """
+    import time
+
+    from confluent_kafka import Consumer, TopicPartition
+
+    from mesh.runtime.events import topic_for_event
+
+    topic = topic_for_event(event_type)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"tests-{store.new_id()}",
+            "enable.auto.commit": False,
+            "fetch.wait.max.ms": 10,
+        }
+    )
+    try:
+        partitions = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign(
+            [TopicPartition(topic, p, 0) for p in partitions]  # offset 0: oldest
+        )
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            record = consumer.poll(0.5)
+            if record is None or record.error():
+                continue
+            headers = dict(record.headers() or [])
+            if headers.get("ce_type") != event_type.DESCRIPTOR.full_name.encode():
+                continue
+            event = event_type.FromString(record.value())
+            if matches(event):
+                return event
+    finally:
+        consumer.close()
+    raise AssertionError(f"no matching {event_type.DESCRIPTOR.full_name} on {topic}")

@@ -1,0 +1,99 @@
+"""A grpc-web client from npm (@connectrpc/connect-node) through the ingress."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from mesh.network.devkeys import mint_token
+from tests.network.conftest import ROOT, RunningNetwork
+
+pytestmark = pytest.mark.mesh
+
+CLIENT_DIR = ROOT / "tests" / "grpcweb"
+
+
+def run_client(
+    network: RunningNetwork, *args: str, token: str = "", timeout: float = 60
+) -> list[dict[str, Any]]:
+    """Run the Node client and return the JSON objects it printed."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; the grpc-web client needs Node 18 or newer")
+    action, *rest = args
+    result = subprocess.run(
+        [node, "client.js", action, f"http://{network.state.ingress}", token, *rest],
+        cwd=CLIENT_DIR,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return [json.loads(line) for line in result.stdout.splitlines()]
+
+
+def person_token(state_dir: Path) -> str:
+    return mint_token(
+        state_dir, subject="web-user", roles=["doctor"], organization_id="org-1"
+    )
+
+
+def test_unary_call_through_ingress(mesh_network: RunningNetwork) -> None:
+    token = person_token(mesh_network.state_dir)
+    [reply] = run_client(mesh_network, "unary", "hello", token=token)
+    assert reply["message"] == "hello"
+    assert reply["caller"] == "web-user"
+
+
+def test_error_before_message_reaches_client(mesh_network: RunningNetwork) -> None:
+    token = person_token(mesh_network.state_dir)
+    [reply] = run_client(mesh_network, "fail", "7", token=token)
+    assert reply["error"]["name"] == "PermissionDenied"
+    assert reply["error"]["message"] == "echo asked to fail with PERMISSION_DENIED"
+
+
+def test_missing_jwt_rejected_for_grpc_web(mesh_network: RunningNetwork) -> None:
+    [reply] = run_client(mesh_network, "unary", "hello")
+    assert reply["error"]["name"] == "Unauthenticated"
+    assert reply["error"]["message"] == "Jwt is missing"
+
+
+def test_server_stream_through_ingress(mesh_network: RunningNetwork) -> None:
+    token = person_token(mesh_network.state_dir)
+    replies = run_client(mesh_network, "stream", "s", "3", "50", token=token)
+    assert [r["sequence"] for r in replies] == [0, 1, 2]
+    assert {r["message"] for r in replies} == {"s"}
+
+
+def test_cors_preflight_exposes_grpc_status(mesh_network: RunningNetwork) -> None:
+    response = httpx.options(
+        f"http://{mesh_network.state.ingress}/hin.echo.v1.EchoService/Echo",
+        headers={
+            "Origin": "http://localhost:3000",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type,x-grpc-web,authorization",
+        },
+    )
+    assert response.status_code == 200
+    assert response.headers["access-control-allow-origin"] == "http://localhost:3000"
+    exposed = set(response.headers["access-control-expose-headers"].split(","))
+    assert {"grpc-status", "grpc-message"} <= exposed
+
+
+@pytest.mark.slow
+def test_idle_stream_delivers_after_minutes(mesh_network: RunningNetwork) -> None:
+    # Three messages a minute apart: the stream sits idle for a minute twice
+    # and stays open for two minutes in all.
+    token = person_token(mesh_network.state_dir)
+    replies = run_client(
+        mesh_network, "stream", "late", "3", "60000", token=token, timeout=200
+    )
+    assert [r["sequence"] for r in replies] == [0, 1, 2]
+    assert replies[-1]["at_ms"] >= 120_000

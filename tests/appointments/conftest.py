@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -92,7 +93,13 @@ async def running_service(
             "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
             "HIN_GRPC_ADDRESS": "127.0.0.1:0",
             "HIN_DATABASE_URL": database_url,
-            "HIN_KAFKA_CONFIG": "session.timeout.ms=6000,fetch.wait.max.ms=50",
+            # A consumer group of its own per host: on the embedded broker a
+            # group whose earlier members left before their first assignment
+            # did not assign partitions to a new member within a minute.
+            "HIN_KAFKA_CONFIG": (
+                "session.timeout.ms=6000,fetch.wait.max.ms=50,"
+                f"group.id=hin.appointments.test-{uuid.uuid4().hex[:8]}"
+            ),
             "HIN_APPOINTMENTS_RELAY_POLL_SECONDS": "0.2",
         },
     )
@@ -115,7 +122,9 @@ async def running_service(
         )
     finally:
         await channel.close()
-        await host.stop(grace=1)
+        # A consumer that leaves its group cleanly lets the next test host of
+        # the same group get its partitions at once.
+        await host.stop(grace=10)
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from hin.common.v1 import fhir_pb2
 from hin.common.v1 import types_pb2 as types
 from hin.labs.v1 import events_pb2 as events
 from hin.labs.v1 import labs_service_pb2 as pb
+from mesh.runtime.errors import FieldViolation
 from svc_labs import domain, publishing, store
 from svc_labs.errors import InvalidBundle
 
@@ -220,11 +221,13 @@ def _parse_bundle(bundle: bytes) -> dict[str, Any]:
             f"bundle is not valid JSON ({exc.__class__.__name__}); send a FHIR R4 "
             "Bundle as UTF-8 JSON",
             reason="INVALID_BUNDLE",
+            violations=[FieldViolation("bundle", "is not valid JSON")],
         ) from None
     if not isinstance(document, dict) or document.get("resourceType") != "Bundle":
         raise InvalidBundle(
             "bundle is not a FHIR Bundle; resourceType must be Bundle",
             reason="INVALID_BUNDLE",
+            violations=[FieldViolation("bundle", "resourceType must be Bundle")],
         )
     return document
 

@@ -14,7 +14,8 @@ from hin.labs.v1 import events_pb2 as events
 from hin.labs.v1 import labs_service_pb2 as pb
 from hin.labs.v1 import labs_service_pb2_grpc as pb_grpc
 from mesh.runtime.authz import Authorizer, Decision, authorize
-from mesh.runtime.principal import current_principal
+from mesh.runtime.errors import Unauthenticated
+from mesh.runtime.principal import PrincipalKind, current_principal
 from mesh.runtime.storage import Database
 from svc_labs import domain, fhir, publishing, requests, store
 from svc_labs.errors import (
@@ -86,6 +87,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.GetOrderRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetOrderResponse:
         requests.check_id(request.order_id, "order_id")
+        _require_caller()
         order = await self._db.run(_load_order, request.order_id)
         await authorize(self._authorizer, action=READ, patient_id=order.patient_id)
         return pb.GetOrderResponse(order=order)
@@ -94,6 +96,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.CollectSpecimenRequest, context: grpc.aio.ServicerContext
     ) -> pb.CollectSpecimenResponse:
         requests.check_collect_specimen(request)
+        _require_caller()
         order = await self._db.run(_load_order, request.order_id)
         await authorize(self._authorizer, action=WRITE, patient_id=order.patient_id)
 
@@ -140,6 +143,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.RecordResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.RecordResultResponse:
         requests.check_record_result(request)
+        _require_caller()
         order = await self._db.run(_load_order, request.order_id)
         await authorize(self._authorizer, action=WRITE, patient_id=order.patient_id)
 
@@ -191,6 +195,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.GetResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetResultResponse:
         requests.check_id(request.result_id, "result_id")
+        _require_caller()
         result, ack = await self._db.run(_load_result_and_ack, request.result_id)
         decision = await self._authorize_result(READ, result)
         response = pb.GetResultResponse(result=_redacted(result, decision))
@@ -232,6 +237,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.CorrectResultRequest, context: grpc.aio.ServicerContext
     ) -> pb.CorrectResultResponse:
         requests.check_correct_result(request)
+        _require_caller()
         result = await self._db.run(_load_result, request.result_id)
         await self._authorize_result(WRITE, result)
 
@@ -266,6 +272,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         self, request: pb.GetResultHistoryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetResultHistoryResponse:
         requests.check_id(request.result_id, "result_id")
+        _require_caller()
         result = await self._db.run(_load_result, request.result_id)
         decision = await self._authorize_result(READ, result)
         versions = await self._db.run(store.result_versions, request.result_id)
@@ -279,6 +286,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.AcknowledgeCriticalResultResponse:
         requests.check_id(request.result_id, "result_id")
+        _require_caller()
         result = await self._db.run(_load_result, request.result_id)
         await self._authorize_result(WRITE, result)
         principal = current_principal()
@@ -431,6 +439,14 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
             return response
 
         return await self._db.run(once)
+
+
+def _require_caller() -> None:
+    """Reject an anonymous caller before a lookup can reveal whether an id exists."""
+    if current_principal().kind is PrincipalKind.ANONYMOUS:
+        raise Unauthenticated(
+            "this call needs a bearer token", reason="MISSING_CREDENTIALS"
+        )
 
 
 def _load_order(session: Session, order_id: str) -> pb.LabOrder:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import json
 import uuid
 from collections.abc import AsyncIterator
 
@@ -14,6 +16,7 @@ from grpc_status import rpc_status
 from hin.notify.v1 import events_pb2 as events
 from hin.notify.v1 import notify_service_pb2 as pb
 from hin.notify.v1 import notify_service_pb2_grpc as pb_grpc
+from mesh.network.cli.notify import recipient_metadata, watch
 from svc_notify import store
 from svc_notify.tables import IntentRow
 from tests.notify.conftest import (
@@ -468,3 +471,26 @@ async def test_list_deliveries_logs_each_channel(net, stub) -> None:
     assert by_channel[events.CHANNEL_IN_APP].status == pb.DELIVERY_STATUS_SENT
     assert by_channel[events.CHANNEL_EMAIL].status == pb.DELIVERY_STATUS_SKIPPED
     assert by_channel[events.CHANNEL_EMAIL].source_event_id == source
+
+
+async def test_cli_watch_prints_each_notification(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    first = await add_intent(net, recipient, test="Sodium")
+    second = await add_intent(net, recipient, test="Potassium")
+    out = io.StringIO()
+
+    await watch(
+        stub,
+        recipient_metadata(net.state, recipient, ORG),
+        recipient=recipient,
+        after_id=0,
+        count=2,
+        as_json=True,
+        out=out,
+    )
+
+    lines = [json.loads(line) for line in out.getvalue().splitlines()]
+    assert [line["sequenceId"] for line in lines] == ["1", "2"]
+    assert [line["sourceEventId"] for line in lines] == [first, second]
+    assert lines[1]["title"] == "New test result"

@@ -44,6 +44,7 @@ def make_build(clock: Clock = utc_now) -> BuildFunction:
             metadata=AuthzBase.metadata,
             migrations="svc_authz:migrations",
             handlers=AuthzHandlers(clock=clock).handlers(),
+            on_call_finish=servicer.audit_call,
         )
 
     return build

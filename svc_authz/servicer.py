@@ -23,7 +23,8 @@ from hin.authz.v1 import authz_service_pb2 as pb
 from hin.authz.v1 import authz_service_pb2_grpc as pb_grpc
 from hin.authz.v1 import events_pb2 as events
 from hin.common.v1 import types_pb2
-from mesh.runtime.authz import parse_action
+from mesh.runtime.authz import decided_in_current_call, mark_decided, parse_action
+from mesh.runtime.interceptors import CallOutcome
 from mesh.runtime.principal import Principal, PrincipalKind, current_principal
 from mesh.runtime.storage import Database
 from mesh.runtime.telemetry import current_trace_id
@@ -133,6 +134,7 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
                 session, access, outbox=self._outbox, now=now
             )
         )
+        mark_decided()
         logger.info(
             "access decided",
             extra={
@@ -196,6 +198,7 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
             ]
 
         results = await self._db.run(decide_all)
+        mark_decided()
         return pb.CheckBatchResponse(
             decisions=[
                 pb.PatientDecision(
@@ -249,6 +252,7 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
         row = await self._db.run(
             lambda session: store.append_audit(session, entry, now)
         )
+        mark_decided()
         return pb.RecordAuditResponse(audit_id=row.audit_id)
 
     def _require_service_caller(self) -> str:
@@ -672,6 +676,47 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
             )
         return response
 
+    # Calls without a decision ------------------------------------------------
+
+    async def audit_call(self, outcome: CallOutcome) -> None:
+        """Audit one of this service's own calls that ended without a decision.
+
+        The host awaits this before the status is sent, so a rejected token,
+        an invalid request or a decision call from a non-service caller is in
+        the trail before the caller sees the answer.
+        """
+        if decided_in_current_call():
+            return
+        subject = subject_from_principal(outcome.principal)
+        entry = store.AuditEntry(
+            subject=subject.subject,
+            subject_kind=subject.kind.value,
+            roles=",".join(sorted(subject.roles)),
+            organization_id=subject.organization_id,
+            calling_service="authz",
+            method=outcome.method,
+            action="",
+            patient_id="",
+            purpose=0,
+            decision="NOT_DECIDED",
+            reason_code=outcome.reason,
+            reason="call ended before any access decision",
+            emergency=False,
+            redact_clinical=False,
+            trace_id=outcome.trace_id,
+            status_code=outcome.code.name,
+        )
+        now = self._clock()
+        try:
+            await self._db.run(lambda session: store.append_audit(session, entry, now))
+        except Exception:
+            # NOTE: the status still goes out; this line, with its trace id, is
+            # the only trace of the call.
+            logger.exception(
+                "audit record of a call without decision was not written",
+                extra={"rpc_method": outcome.method, "trace_id": outcome.trace_id},
+            )
+
     # Shared steps --------------------------------------------------------------
 
     def _authorize_caller(
@@ -746,6 +791,7 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
         normally and the error is raised afterwards.
         """
         audited, response = await self._db.run(fn)
+        mark_decided()
         if not audited.outcome.allowed:
             raise AccessNotPermitted(
                 f"access denied: {audited.outcome.reason}",

@@ -5,10 +5,10 @@
 ``AuthzService.Check`` call, and svc_authz commits the decision's audit record
 before it answers, so no decision reaches a caller unaudited.
 
-Decisions are not cached in the calling service. A cached allow would skip
-the audit record that every access needs, and it would outlive a revoked
-consent; svc_authz keeps a short-lived decision cache of its own, keyed by a
-policy epoch that every consent, grant, role and relationship change moves.
+Decisions are not cached. Every access needs its audit record committed in
+svc_authz before the calling service answers, which costs this round trip
+whether or not the decision is known already. A cached allow would also
+outlive a revoked consent, and revoking must take effect on the next request.
 
 The server interceptor awaits ``audit_call`` before each answer. For a call
 that ended without a decision (rejected token, invalid request, a method that

@@ -74,13 +74,20 @@ class JwtVerifier:
 
 def principal_from_claims(claims: Mapping[str, object]) -> Principal:
     """Build a person principal from verified JWT claims."""
-    roles = claims.get("roles") or []
-    if isinstance(roles, str):
-        roles = [roles]
+    raw_roles = claims.get("roles") or []
+    if isinstance(raw_roles, str):
+        roles = [raw_roles]
+    elif isinstance(raw_roles, list | tuple):
+        roles = [str(role) for role in raw_roles]
+    else:
+        raise Unauthenticated(
+            "token claim 'roles' must be a string or a list of strings",
+            reason="INVALID_TOKEN",
+        )
     return Principal(
         subject=str(claims["sub"]),
         kind=PrincipalKind.PERSON,
-        roles=frozenset(str(r) for r in roles),  # type: ignore[union-attr]
+        roles=frozenset(roles),
         organization_id=str(claims.get("org", "")),
         practitioner_id=str(claims.get("practitioner_id", "")),
         patient_id=str(claims.get("patient_id", "")),

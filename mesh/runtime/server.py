@@ -17,7 +17,7 @@ from sqlalchemy import MetaData
 
 from mesh.runtime.authz import Authorizer, RolePolicyAuthorizer
 from mesh.runtime.identity import Authenticator, JwtVerifier
-from mesh.runtime.interceptors import ServerInterceptor
+from mesh.runtime.interceptors import FinishHook, ServerInterceptor
 from mesh.runtime.logging import configure_logging
 from mesh.runtime.settings import ServiceSettings
 from mesh.runtime.storage import Database
@@ -62,6 +62,9 @@ class ServiceSpec:
     background: Sequence[Callable[[], Awaitable[None]]] = ()
     #: Called after the gRPC server stopped, before the bus stops.
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    #: Awaited before each RPC's status is sent; overrides the authorizer's
+    #: audit_call. svc_authz uses it to audit its own calls.
+    on_call_finish: FinishHook | None = None
 
 
 BuildFunction = Callable[[BuildContext], ServiceSpec]
@@ -155,7 +158,8 @@ class ServiceHost:
                     tracer_provider=self.tracer_provider,
                     # An authorizer with an audit_call method (RemoteAuthorizer)
                     # audits the calls that end without an access decision.
-                    on_finish=getattr(self.authorizer, "audit_call", None),
+                    on_finish=spec.on_call_finish
+                    or getattr(self.authorizer, "audit_call", None),
                 )
             ],
             options=SERVER_OPTIONS,

@@ -331,3 +331,45 @@ async def test_denial_emits_access_denied(world: AuthzHarness) -> None:
     subjects = [events.AccessDenied.FromString(p).subject for p in payloads]
     assert denied.allowed is False
     assert "m-dr-3" in subjects
+
+
+async def test_own_failed_calls_are_audited(world: AuthzHarness) -> None:
+    expired = world.token(PATIENT, lifetime_seconds=-120)
+    trace_id = "cd" * 16
+    metadata = (
+        ("authorization", f"Bearer {expired}"),
+        ("traceparent", f"00-{trace_id}-{'12' * 8}-01"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await world.stub.ListAccessLog(
+            pb.ListAccessLogRequest(patient_id="m-p1"), metadata=metadata
+        )
+    rows = world.audit_rows(trace_id=trace_id)
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert len(rows) == 1
+    assert rows[0].decision == "NOT_DECIDED"
+    assert rows[0].status_code == "UNAUTHENTICATED"
+    assert rows[0].reason_code == "TOKEN_EXPIRED"
+    assert rows[0].method == "/hin.authz.v1.AuthzService/ListAccessLog"
+
+
+async def test_check_from_person_is_audited(world: AuthzHarness) -> None:
+    trace_id = "ef" * 16
+    metadata = (
+        *world.bearer(DOCTOR),
+        ("traceparent", f"00-{trace_id}-{'34' * 8}-01"),
+    )
+    with pytest.raises(grpc.aio.AioRpcError):
+        await world.stub.Check(
+            pb.CheckRequest(
+                subject=DOCTOR.subject_message(),
+                action="records.clinical.read",
+                patient_id="m-p2",
+                purpose=events.PURPOSE_TREATMENT,
+            ),
+            metadata=metadata,
+        )
+    rows = world.audit_rows(trace_id=trace_id)
+    assert [(r.subject, r.status_code, r.reason_code) for r in rows] == [
+        ("m-dr", "PERMISSION_DENIED", "CALLER_NOT_SERVICE")
+    ]

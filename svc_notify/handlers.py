@@ -111,7 +111,16 @@ class EventHandlers:
     def on_result_published(
         self, session: Session, event: labs.TestResultPublished, envelope: Envelope
     ) -> None:
-        """Tell the ordering clinician and the patient; open a critical alert."""
+        """Tell the ordering clinician and the patient; open a critical alert.
+
+        A historical result, imported from an earlier record, tells no one.
+        """
+        if event.historical:
+            logger.info(
+                "historical result; no notification",
+                extra={"result_id": event.result.result_id},
+            )
+            return
         self._handle_result(session, event.result, event, envelope, corrected=False)
 
     def on_result_corrected(

@@ -515,6 +515,23 @@ async def test_resumed_subscriber_gets_each_once(net, stub, upstream) -> None:
     assert len(await stored(net, stub, f"practitioner:{practitioner_id}")) == 5
 
 
+async def test_historical_result_notifies_no_one(net, stub, upstream) -> None:
+    patient_id, practitioner_id = ids("pat"), ids("dr")
+    historical = potassium(
+        patient_id=patient_id, ordering=practitioner_id, critical=True
+    )
+    historical.historical = True
+    current = potassium(patient_id=patient_id, ordering=practitioner_id, critical=False)
+    await upstream.publish((historical, patient_id), (current, patient_id))
+
+    [first] = await practitioner_stream(net, stub, practitioner_id, 1)
+
+    # Both events share the patient's partition, so the historical one was
+    # handled before the current one.
+    assert first.attributes["result_id"] == current.result.result_id
+    assert first.sequence_id == 1
+
+
 # E-mail, webhooks -------------------------------------------------------------
 
 

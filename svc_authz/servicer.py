@@ -683,7 +683,7 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
 
         The host awaits this before the status is sent, so a rejected token,
         an invalid request or a decision call from a non-service caller is in
-        the trail before the caller sees the answer.
+        the trail before the caller receives the status.
         """
         if decided_in_current_call():
             return

@@ -3,7 +3,8 @@
 The rules are deny by default. A decision needs a role that permits the
 action, and for an action on one patient also the scope of that role:
 
-- ``own``: a patient reaches their own record only.
+- ``own``: a patient reaches their own record only, plus schedules and the
+  practitioner directory, which name no patient.
 - ``care``: a clinician reaches a patient inside an open care relationship
   (appointment, admission or lab order) or inside a break-the-glass window.
 - ``organization``: front-office and privacy staff reach the patients of
@@ -226,7 +227,10 @@ def _decide_for_role(
     policy = ROLE_POLICIES[role]
     redact = verb == "read" and not policy.permits("clinical", "read")
     if not facts.patient_id:
-        if policy.scope is Scope.OWN:
+        # Schedules, slots and the practitioner directory contain no patient
+        # data, so a patient may read them to book.
+        directory_read = category == "schedule" and verb == "read"
+        if policy.scope is Scope.OWN and not directory_read:
             return Outcome(
                 False,
                 "PATIENT_REQUIRED",

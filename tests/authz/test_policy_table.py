@@ -100,6 +100,10 @@ CASES = [
     Case(PAT_1, "records.clinical.write", "t-pa1", T, False, "ROLE_NOT_PERMITTED"),
     Case(PAT_1, "authz.audit.read", "t-pa1", T, True, "OWN_RECORD"),
     Case(PAT_1, "records.demographics.read", "", T, False, "PATIENT_REQUIRED"),
+    # Finding free slots names no patient and reads no patient data.
+    Case(PAT_1, "appointments.schedule.read", "", T, True, "ROLE_PERMITTED"),
+    Case(PAT_1, "appointments.schedule.write", "", T, False, "PATIENT_REQUIRED"),
+    Case(PAT_1, "appointments.schedule.write", "t-pa1", T, True, "OWN_RECORD"),
     # Privacy officer and administrator.
     Case(PRIV_A, "authz.audit.read", "t-pa2", T, True, "ROLE_PERMITTED", True),
     Case(PRIV_A, "records.clinical.read", "t-pa2", T, False, "ROLE_NOT_PERMITTED"),

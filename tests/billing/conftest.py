@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,6 +74,9 @@ def billing_settings(
         "HIN_JWKS_PATH": str(state / "keys" / "jwks.json"),
         "HIN_BILLING_EVENT_MAX_ATTEMPTS": "2",
         "HIN_BILLING_EVENT_BACKOFF_SECONDS": "0.05",
+        # A consumer group per instance: a test module's billing never waits
+        # for the previous module's consumer to leave a shared group.
+        "HIN_KAFKA_CONFIG": f"group.id=hin.billing.test-{uuid.uuid4().hex[:8]}",
         **extra,
     }
     return ServiceSettings.from_env("billing", environ=environ)
@@ -117,4 +121,4 @@ async def billing(
         )
     finally:
         await channel.close()
-        await host.stop(grace=1)
+        await host.stop(grace=5)

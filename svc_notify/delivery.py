@@ -115,11 +115,22 @@ class DeliveryWorker:
                 return
             error = await self._send(job)
             await self._db.run(self._record, delivery_id, error)
-        except Exception:
-            # The lease expires and another round picks the row up again.
+        except Exception as exc:
             logger.exception(
-                "delivery attempt abandoned", extra={"delivery_id": delivery_id}
+                "delivery attempt failed unexpectedly",
+                extra={"delivery_id": delivery_id},
             )
+            # Count the attempt so that a delivery that always fails this way
+            # ends as failed. When even that write fails, the lease expires and
+            # a later round tries the row again.
+            error = DeliveryError(f"internal error: {type(exc).__name__}")
+            try:
+                await self._db.run(self._record, delivery_id, error)
+            except Exception:
+                logger.exception(
+                    "recording the failed attempt failed",
+                    extra={"delivery_id": delivery_id},
+                )
 
     async def _send(self, job: Job) -> DeliveryError | None:
         assert job.message is not None

@@ -95,19 +95,23 @@ class Dispatcher:
         try:
             recipients = await self._db.run(self._expand, intent)
             verdicts = await self._check_consent(intent, recipients)
+            created = await self._db.run(self._commit, intent.id, verdicts)
         except Exception as exc:
-            # The authorizer or the database is unreachable: keep the intent
-            # and try again later, so nothing is lost.
-            await self._db.run(self._postpone, intent.id, str(exc))
+            # An unreachable authorizer, a database error or a bug: keep the
+            # intent and retry it later with backoff. Postponing it also lets
+            # the intents behind it go first.
             logger.warning(
                 "notification dispatch postponed",
+                exc_info=True,
                 extra={
                     "source_event_id": intent.source_event_id,
                     "error_type": type(exc).__name__,
                 },
             )
+            await self._db.run(
+                self._postpone, intent.id, f"{type(exc).__name__}: {exc}"
+            )
             return
-        created = await self._db.run(self._commit, intent.id, verdicts)
         if created:
             self._wakeups.notify(DELIVER, *(stream_key(r) for r in created))
 

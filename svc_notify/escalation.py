@@ -146,8 +146,13 @@ class EscalationScanner:
         alert_ids = await self._db.run(store.due_alert_ids, self._clock(), 100)
         stepped = 0
         for alert_id in alert_ids:
-            if await self._db.run(self._escalate, alert_id):
-                stepped += 1
+            try:
+                if await self._db.run(self._escalate, alert_id):
+                    stepped += 1
+            except Exception:
+                # One failing alert must not hold up the others; it is due
+                # again at the next scan.
+                logger.exception("escalation step failed", extra={"alert_id": alert_id})
         if stepped:
             self._wakeups.notify(DISPATCH)
         return stepped

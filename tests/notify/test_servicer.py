@@ -66,7 +66,12 @@ def violated_fields(error: grpc.aio.AioRpcError) -> list[str]:
 
 
 async def add_intent(
-    net: NotifyNetwork, recipient: str, *, patient_id: str = "", test: str = "K"
+    net: NotifyNetwork,
+    recipient: str,
+    *,
+    patient_id: str = "",
+    test: str = "K",
+    kind: int = pb.NOTIFICATION_KIND_TEST_RESULT,
 ) -> str:
     """Store an intent as an event handler would; return its source event id."""
     source_event_id = str(uuid.uuid4())
@@ -79,7 +84,7 @@ async def add_intent(
             intents=[
                 store.NewIntent(
                     recipient=recipient,
-                    kind=pb.NOTIFICATION_KIND_TEST_RESULT,
+                    kind=kind,
                     priority=pb.NOTIFICATION_PRIORITY_NORMAL,
                     patient_id=patient_id,
                     organization_id=ORG,
@@ -218,6 +223,31 @@ async def test_notification_denied_by_consent_skipped(net, stub) -> None:
     assert await net.host.db.run(outcome) == (
         f'done {{"denied": ["{recipient}"], "notified": []}}'
     )
+
+
+async def test_failing_intent_does_not_block_others(net, stub) -> None:
+    practitioner_id = f"p-{uuid.uuid4().hex[:6]}"
+    recipient = f"practitioner:{practitioner_id}"
+    # No template exists for kind 999, so rendering this intent fails.
+    broken_source = await add_intent(net, recipient, kind=999)
+    good_source = await add_intent(net, recipient)
+    metadata = net.metadata(roles=["doctor"], practitioner_id=practitioner_id)
+
+    [received] = await read_stream(
+        stub, pb.SubscribeRequest(recipient=recipient), metadata, 1
+    )
+
+    def broken(session: store.Session) -> IntentRow:
+        return session.exec(
+            store.select(IntentRow).where(IntentRow.source_event_id == broken_source)
+        ).one()
+
+    intent = await net.host.db.run(broken)
+    assert received.source_event_id == good_source
+    assert received.sequence_id == 1
+    assert intent.status == "pending"
+    assert intent.attempts >= 1
+    assert '"error": "KeyError: 999"' in intent.outcome
 
 
 async def test_list_notifications_pages_newest_first(net, stub) -> None:

@@ -2,8 +2,9 @@
 
 People's calls go through the ingress with a bearer token, exactly like a
 browser's or a hospital system's would. ``sidecar_channel`` reaches one
-replica directly through its sidecar with the operator's mesh certificate;
-the ingress never sees those calls, so they are meant for health checks.
+replica directly through its sidecar with the operator's mesh certificate.
+Those calls bypass the ingress and its JWT check, so the sidecars allow them
+for health checks only.
 """
 
 from __future__ import annotations

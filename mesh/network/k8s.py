@@ -1,11 +1,11 @@
 """Kubernetes manifests rendered from the same topology as the local mesh.
 
-Each service becomes a Deployment (the service container and its Envoy
-sidecar), a headless Service (so the callers' Envoys see every pod and can
-eject one), a ConfigMap with the Envoy bootstrap and SDS files, a Secret with
-the mesh certificate, and a NetworkPolicy that admits only the callers the
-call policy names. The ingress gets the same, and a default-deny policy
-closes everything else in the namespace.
+Each service becomes five objects. A Deployment runs the service container
+and its Envoy sidecar. A headless Service lets the callers' Envoys resolve
+every pod, so they can eject one. A ConfigMap holds the Envoy bootstrap and
+SDS files, a Secret the mesh certificate, and a NetworkPolicy admits only the
+callers the call policy names. The ingress gets the same, and a default-deny
+policy closes everything else in the namespace.
 """
 
 from __future__ import annotations
@@ -317,8 +317,8 @@ def _envoy_config_map(
 def _certificate_secret(
     name: str, identity: str, authority: CertificateAuthority, namespace: str
 ) -> dict[str, Any]:
-    # NOTE: these leaves are issued here and expire in a day; a cluster should
-    # issue and rotate them with cert-manager or SPIRE into the same Secret.
+    # NOTE: these leaves are issued here and expire in a day. A cluster should
+    # issue and rotate them into the same Secret with cert-manager or SPIRE.
     cert, key = authority.issue(identity)
     return {
         "apiVersion": "v1",

@@ -230,8 +230,8 @@ class CertificateAuthority:
         (generation / "cert.pem").write_bytes(cert_pem)
         _write_private(generation / "key.pem", key_pem)
 
-        # Swap the "data" link with rename(2), which is atomic; Envoy sees one
-        # move into the watched folder and reads both files of one generation.
+        # Swap the "data" link with rename(2), which is atomic. Envoy gets one
+        # move event in the watched folder and reads both files of one generation.
         link = files.folder / "data"
         previous = os.readlink(link) if link.is_symlink() else None
         staging = files.folder / f".data-{generation.name}"

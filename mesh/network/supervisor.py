@@ -55,7 +55,7 @@ logger = logging.getLogger(__name__)
 #: Time every replica gets to report SERVING through its sidecar.
 READY_TIMEOUT_SECONDS = 120.0
 #: Time a service gets to drain after SIGTERM before it is killed; the
-#: service's own grace period (HIN_SHUTDOWN_GRACE_SECONDS) is 10 s.
+#: service's own grace period (HIN_SHUTDOWN_GRACE_SECONDS) defaults to 10 s.
 STOP_TIMEOUT_SECONDS = 15.0
 ENVOY_STOP_TIMEOUT_SECONDS = 5.0
 TOPOLOGY_FILE = "topology.json"
@@ -234,7 +234,7 @@ class Supervisor:
                 )
 
     def _service_order(self) -> list[str]:
-        # authz answers every other service's Check calls, so it starts first.
+        # Every other service calls authz's Check, so authz starts first.
         names = list(self.state.services)
         return sorted(names, key=lambda name: name != "authz")
 
@@ -312,7 +312,7 @@ class Supervisor:
                 "OTEL_EXPORTER_OTLP_ENDPOINT": self._external_otlp
                 or f"http://{self.state.trace_receiver}",
                 # The service dials authz through its own sidecar, which adds
-                # mTLS, retries and load balancing; authz itself decides locally.
+                # mTLS, retries and load balancing. Authz itself decides locally.
                 "HIN_AUTHZ_ADDRESS": replica.outbound.get("authz", ""),
             }
         )
@@ -390,7 +390,7 @@ class Supervisor:
     # Health ----------------------------------------------------------------
 
     async def _wait_until_serving(self, keys: list[tuple[str, int]]) -> None:
-        """Wait until each replica answers SERVING through its sidecar."""
+        """Wait until each replica reports SERVING through its sidecar."""
         assert self._authority is not None
         files = self._authority.ensure_leaf(OPERATOR_IDENTITY)
         credentials = grpc.ssl_channel_credentials(
@@ -596,7 +596,7 @@ def _free_ports() -> Iterator[Any]:
     """Yield a function returning distinct free loopback ports.
 
     Every socket stays bound until the block ends, so no port is handed out
-    twice; another program could still take one before its owner binds it.
+    twice. Another program could still take a port before its owner binds it.
     """
     sockets: list[socket.socket] = []
 
@@ -620,7 +620,7 @@ def _host_port(endpoint: str) -> str:
 def send_control(
     state_dir: Path, request: dict[str, Any], timeout: float
 ) -> dict[str, Any]:
-    """Send one request to the running supervisor and return its answer."""
+    """Send one request to the running supervisor and return its response."""
     state = NetworkState.load(state_dir)
     path = state.control_socket or str(control_socket_path(state_dir))
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as client:

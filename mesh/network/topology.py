@@ -227,8 +227,8 @@ def parse_replicas(items: Iterable[str]) -> dict[str, int]:
 
 
 def _authz_rule(caller: str) -> CallRule:
-    # Every service asks authz for decisions and reads consents; nothing else
-    # crosses services over gRPC (everything else travels as Kafka events).
+    # Every service calls authz for decisions and consent reads. No other call
+    # crosses services over gRPC, because everything else travels as events.
     return CallRule(
         caller=caller,
         target="authz",

@@ -47,9 +47,9 @@ def run(args: argparse.Namespace) -> int:
 async def collect_status(state_dir: Path) -> dict[str, Any]:
     """Return the network's state, checking each replica through its sidecar.
 
-    A replica is "up" when its process runs and it answers SERVING through
-    its sidecar; a service is "up" when all replicas are, "degraded" when
-    some are, "down" when none is.
+    A replica is "up" when its process runs and it reports SERVING through
+    its sidecar. A service is "up" when all replicas are, "degraded" when
+    some are, and "down" when none is.
     """
     state = NetworkState.load(state_dir)
     supervisor_alive = process_alive(state.supervisor_pid)
@@ -92,7 +92,12 @@ async def collect_status(state_dir: Path) -> dict[str, Any]:
     for service in services.values():
         up = sum(r["state"] == "up" for r in service["replicas"])
         total = len(service["replicas"])
-        service["state"] = "up" if up == total else "degraded" if up else "down"
+        if up == total:
+            service["state"] = "up"
+        elif up:
+            service["state"] = "degraded"
+        else:
+            service["state"] = "down"
     healthy = (
         supervisor_alive
         and state.status == READY

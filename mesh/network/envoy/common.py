@@ -112,7 +112,7 @@ def is_ip(host: str) -> bool:
 
 
 def tls_parameters() -> TlsParameters:
-    """Return TLS 1.3 only; Envoy would originate TLS 1.2 unless told."""
+    """Return TLS 1.3 only, because Envoy originates TLS 1.2 by default."""
     return TlsParameters(
         tls_minimum_protocol_version=TlsParametersTlsProtocol.TLSv1_3,
         tls_maximum_protocol_version=TlsParametersTlsProtocol.TLSv1_3,

@@ -125,8 +125,8 @@ def rbac_policies(topology: Topology, service: ServiceDef) -> dict[str, Policy]:
     """Return the RBAC policies of ``service``'s inbound listener.
 
     The TLS handshake already rejects certificates from another CA, so health
-    checks are open to every mesh identity; methods are open only to the
-    callers the topology names, and to the ingress (which checked the JWT).
+    checks are open to every mesh identity. Methods are open only to the
+    callers the topology names and to the ingress, which checked the JWT.
     """
     policies = {
         "health": Policy(

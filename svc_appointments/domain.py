@@ -34,9 +34,9 @@ VISIT_TYPE_BY_ENCOUNTER_CLASS: dict[str, str] = {
 
 MIN_SLOT_MINUTES = 5
 MAX_SLOT_MINUTES = 480
-#: Longest appointment a caller may book.
+#: Maximum length of a booked appointment.
 MAX_APPOINTMENT = timedelta(hours=8)
-#: Longest window FindSlots searches in one call.
+#: Maximum length of the window one FindSlots call searches.
 MAX_SLOT_WINDOW = timedelta(days=31)
 
 
@@ -50,7 +50,7 @@ class AppointmentStatus(StrEnum):
     NO_SHOW = "no_show"
 
 
-#: States that hold the practitioner's time.
+#: States in which an appointment occupies the practitioner's time.
 ACTIVE_STATUSES = (AppointmentStatus.BOOKED, AppointmentStatus.CHECKED_IN)
 
 #: Allowed transitions: target state -> states it may be reached from.
@@ -214,7 +214,7 @@ def free_slots(
     """Return the free slots of the weekly grid inside ``window``, in order.
 
     A slot is free when it starts no earlier than ``not_before`` and overlaps
-    neither an exception (``unavailable``) nor a held appointment (``busy``).
+    neither an exception (``unavailable``) nor an active appointment (``busy``).
     """
     slots = []
     for hours_interval, rule in hours.working_intervals(window):
@@ -265,7 +265,7 @@ def next_free_period(
 
 @dataclass(frozen=True)
 class AvailabilityPlan:
-    """What happens to each held appointment that lost its time."""
+    """Outcome of an availability change for each displaced appointment."""
 
     #: appointment id -> new period.
     moves: dict[str, Interval]
@@ -285,11 +285,12 @@ def plan_availability_change(
     """Move each affected appointment to the next free period, or cancel it.
 
     ``affected`` pairs appointment ids with their periods, earliest first.
-    ``busy`` holds the periods of the practitioner's other held appointments;
-    each move takes its new period so later moves cannot land on it.
+    ``busy`` contains the periods of the practitioner's other active
+    appointments. Each move occupies its new period, so later moves cannot
+    land on it.
     A move may start at most ``window`` after the original start.
     """
-    taken = list(busy)
+    occupied = list(busy)
     moves: dict[str, Interval] = {}
     cancellations: list[str] = []
     for appointment_id, period in sorted(affected, key=lambda item: item[1]):
@@ -299,11 +300,11 @@ def plan_availability_change(
             earliest=max(period.start, not_before),
             latest_start=period.start + window,
             unavailable=unavailable,
-            busy=taken,
+            busy=occupied,
         )
         if new_period is None:
             cancellations.append(appointment_id)
             continue
         moves[appointment_id] = new_period
-        taken.append(new_period)
+        occupied.append(new_period)
     return AvailabilityPlan(moves=moves, cancellations=cancellations)

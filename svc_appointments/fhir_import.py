@@ -1,10 +1,10 @@
 """Import Practitioner, Organization, Location and Encounter resources of FHIR R4.
 
-Encounters become appointments in their final state (a finished encounter is
-a completed appointment) and emit no event: AppointmentCompleted makes billing
-charge the visit and records add an encounter, and neither must happen again
-for a visit that took place before the network existed. Records imports the
-same encounters from the bundle itself.
+Encounters become appointments in their final state, so a finished encounter
+is a completed appointment. They emit no event. AppointmentCompleted makes
+billing charge the visit and records add an encounter, and neither must
+happen again for a visit that took place before the network existed.
+Records imports the same encounters from the bundle itself.
 
 Importing a resource twice changes nothing: each imported resource is
 remembered by type and source id, and a practitioner, organization or

@@ -162,7 +162,8 @@ def weekly_rules(request: pb.SetWeeklyScheduleRequest) -> list[dict[str, Any]]:
     if request.expected_version < 0:
         v.add("expected_version", "must not be negative")
     check_text(v, request.reason, "reason")
-    parsed: list[WeeklyRule] = []
+    # (index in the request, rule) of every valid rule.
+    parsed: list[tuple[int, WeeklyRule]] = []
     for index, rule in enumerate(request.rules):
         field = f"rules[{index}]"
         if rule.weekday == pb.WEEKDAY_UNSPECIFIED:
@@ -180,10 +181,16 @@ def weekly_rules(request: pb.SetWeeklyScheduleRequest) -> list[dict[str, Any]]:
                 f"{field}.slot_minutes",
                 f"must be between {MIN_SLOT_MINUTES} and {MAX_SLOT_MINUTES}",
             )
-        if start is not None and end is not None and rule.weekday:
-            parsed.append(WeeklyRule(rule.weekday, start, end, rule.slot_minutes))
-    for first, second in overlapping_rules(parsed):
-        v.add(f"rules[{second}]", f"overlaps rules[{first}] on the same weekday")
+        # Only valid rules take part in the overlap check below.
+        if start is not None and end is not None and end > start and rule.weekday:
+            parsed.append(
+                (index, WeeklyRule(rule.weekday, start, end, rule.slot_minutes))
+            )
+    for first, second in overlapping_rules([rule for _, rule in parsed]):
+        v.add(
+            f"rules[{parsed[second][0]}]",
+            f"overlaps rules[{parsed[first][0]}] on the same weekday",
+        )
     v.check()
     return [
         {

@@ -1,10 +1,10 @@
 """Scheduling commands: each runs in one transaction and writes its events.
 
-Every public method takes the session of the caller's transaction (the
-servicer runs it through ``Database.run``), loads and locks what it changes,
-applies the rules of ``svc_appointments.domain``, saves the rows and adds the
-events to the outbox in that same transaction, so a state change and its
-events are committed together or not at all.
+Every public method takes the session of the caller's transaction, which the
+servicer opens through ``Database.run``. A method loads and locks what it
+changes, applies the rules of ``svc_appointments.domain``, saves the rows and
+adds the events to the outbox in that same transaction. A state change and
+its events are therefore committed together or not at all.
 """
 
 from __future__ import annotations
@@ -324,7 +324,7 @@ class Scheduler:
         unavailable: list[Interval],
         reason: str,
     ) -> None:
-        """Move or cancel every future booking that lost its time, and emit.
+        """Move or cancel every future booking that lost its time, and emit events.
 
         The caller holds the practitioner's row lock, so no booking can slip
         in between the plan and its writes.
@@ -341,10 +341,10 @@ class Scheduler:
                 Interval(now, now + AFFECTED_HORIZON + self._reschedule_window),
             )
         ]
-        held = store.held_appointments(session, schedule.practitioner_id, horizon)
+        active = store.active_appointments(session, schedule.practitioner_id, horizon)
         affected = [
             row
-            for row in held
+            for row in active
             if row.status == AppointmentStatus.BOOKED
             and row.start_at >= now
             and not _fits(row.period, hours, exceptions)
@@ -354,7 +354,7 @@ class Scheduler:
             affected=[(row.id, row.period) for row in affected],
             hours=hours,
             unavailable=exceptions,
-            busy=[row.period for row in held if row.id not in affected_ids],
+            busy=[row.period for row in active if row.id not in affected_ids],
             not_before=now,
             window=self._reschedule_window,
         )
@@ -403,12 +403,12 @@ class Scheduler:
         _get_practitioner(session, practitioner_id)
         schedule = get_schedule(session, practitioner_id)
         exceptions = store.exceptions_overlapping(session, practitioner_id, window)
-        held = store.held_appointments(session, practitioner_id, window)
+        active = store.active_appointments(session, practitioner_id, window)
         slots = free_slots(
             hours=_hours(schedule),
             window=window,
             unavailable=[Interval(e.start_at, e.end_at) for e in exceptions],
-            busy=[row.period for row in held],
+            busy=[row.period for row in active],
             not_before=self._clock(),
         )
         return schedule, slots
@@ -424,7 +424,7 @@ class Scheduler:
     def book(
         self, session: Session, data: BookInput, idempotency: Idempotency | None
     ) -> AppointmentRow:
-        """Book a held time for a patient with a practitioner."""
+        """Book a free period of a practitioner for a patient."""
         # The lock comes before the replay check: a retry that raced the first
         # call waits for it and then finds its result instead of a taken slot.
         practitioner = _lock_practitioner(session, data.practitioner_id)
@@ -477,7 +477,8 @@ class Scheduler:
         row = _lock_appointment(session, appointment_id, expected_version)
         _require_transition_from(row, AppointmentStatus.BOOKED, "rescheduled")
         target_id = practitioner_id or row.practitioner_id
-        # Lock practitioners in id order so two opposite moves cannot deadlock.
+        # Two reschedules that swap practitioners take the locks in the same
+        # (id) order, so they cannot deadlock each other.
         for locked_id in sorted({target_id, row.practitioner_id} - {""}):
             _lock_practitioner(session, locked_id)
         schedule = get_schedule(session, target_id)
@@ -597,7 +598,7 @@ class Scheduler:
                 f"{_describe(period)}; FindSlots lists bookable times",
                 reason="PRACTITIONER_UNAVAILABLE",
             )
-        if store.held_appointments(
+        if store.active_appointments(
             session, practitioner_id, period, exclude_id=exclude_id
         ):
             raise SlotUnavailable(

@@ -195,7 +195,7 @@ class AdmissionRow(AppointmentsBase, table=True):
 
 
 class PatientSnapshotRow(AppointmentsBase, table=True):
-    """What scheduling needs to know of a patient; no names or birth dates.
+    """Scheduling's copy of one patient, without names or birth dates.
 
     ``merged_into`` is the surviving patient id once records merged this one.
     """
@@ -234,7 +234,7 @@ metadata = AppointmentsBase.metadata
 def lock_practitioner(session: Session, practitioner_id: str) -> PractitionerRow | None:
     """Load a practitioner and lock its row until the transaction ends.
 
-    Every write that changes a practitioner's held time (Book, Reschedule,
+    Every write that changes a practitioner's booked time (Book, Reschedule,
     schedule changes) takes this lock first, so on PostgreSQL the overlap
     check and the insert that follows run one transaction at a time per
     practitioner. On SQLite BEGIN IMMEDIATE already serializes writers and
@@ -306,7 +306,7 @@ def exceptions_overlapping(
     return list(session.exec(statement.order_by(col(ScheduleExceptionRow.start_at))))
 
 
-def held_appointments(
+def active_appointments(
     session: Session,
     practitioner_id: str,
     window: Interval,

@@ -57,7 +57,9 @@ async def wait_for_patient(service: Running, patient_id: str) -> None:
             if session.get(PatientSnapshotRow, patient_id) is not None:
                 return
         await asyncio.sleep(0.2)
-    raise AssertionError(f"PatientRegistered for {patient_id} was not applied")
+    raise AssertionError(
+        f"PatientRegistered for {patient_id} not applied within {DEADLINE}"
+    )
 
 
 def read_event(bootstrap: str, event_type: str, subject: str) -> tuple[dict, bytes]:
@@ -92,12 +94,23 @@ def read_event(bootstrap: str, event_type: str, subject: str) -> tuple[dict, byt
 async def test_patient_registered_event_enables_booking(
     service: Running, kafka_bootstrap: str
 ) -> None:
+    practitioner_id = await new_practitioner(service, "3000000002")
     await asyncio.to_thread(
         publish_patient_registered, kafka_bootstrap, "patient-from-records-1"
     )
-
     await wait_for_patient(service, "patient-from-records-1")
+    monday = next_weekday(1)
 
+    booked = await service.stub.Book(
+        pb.BookRequest(
+            patient_id="patient-from-records-1",
+            practitioner_id=practitioner_id,
+            period=period(cairo(monday, 9, 0), cairo(monday, 9, 15)),
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    assert booked.appointment.status == pb.APPOINTMENT_STATUS_BOOKED
     with service.host.db.transaction() as session:
         row = session.get(PatientSnapshotRow, "patient-from-records-1")
         assert row is not None

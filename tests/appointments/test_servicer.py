@@ -420,3 +420,214 @@ async def test_practitioner_identifier_taken_rejected(service: Running) -> None:
         )
 
     assert caught.value.code() == grpc.StatusCode.ALREADY_EXISTS
+
+
+async def test_schedule_rules_invalid_fields_named(service: Running) -> None:
+    request = pb.SetWeeklyScheduleRequest(
+        practitioner_id="p-1",
+        rules=[
+            pb.WeeklyRule(
+                weekday=pb.WEEKDAY_MONDAY,
+                start_time="09:00",
+                end_time="12:00",
+                slot_minutes=15,
+            ),
+            pb.WeeklyRule(
+                weekday=pb.WEEKDAY_MONDAY,
+                start_time="11:00",
+                end_time="10:00",
+                slot_minutes=2,
+            ),
+            pb.WeeklyRule(
+                weekday=pb.WEEKDAY_MONDAY,
+                start_time="9am",
+                end_time="13:00",
+                slot_minutes=15,
+            ),
+        ],
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.SetWeeklySchedule(request, metadata=service.scheduler_auth)
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == {
+        "rules[1].end_time",
+        "rules[1].slot_minutes",
+        "rules[2].start_time",
+    }
+
+
+async def test_shorter_hours_move_displaced_booking(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000015")
+    service.register_patients("patient-hours-1")
+    booked = await service.stub.Book(
+        book_request("patient-hours-1", practitioner_id, 12, 0),
+        metadata=service.scheduler_auth,
+    )
+    schedule = await service.stub.GetWeeklySchedule(
+        pb.GetWeeklyScheduleRequest(practitioner_id=practitioner_id),
+        metadata=service.scheduler_auth,
+    )
+
+    response = await service.stub.SetWeeklySchedule(
+        pb.SetWeeklyScheduleRequest(
+            practitioner_id=practitioner_id,
+            rules=[
+                pb.WeeklyRule(
+                    weekday=pb.WEEKDAY_MONDAY,
+                    start_time="09:00",
+                    end_time="11:00",
+                    slot_minutes=15,
+                )
+            ],
+            expected_version=schedule.schedule.version,
+            reason="clinic closes earlier",
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    # 12:00 is outside the new 09:00-11:00 hours. The practitioner's other
+    # Monday slots are free, so the visit moves to 09:00 one week later.
+    assert schedule.schedule.time_zone == "Africa/Cairo"
+    assert [a.appointment_id for a in response.rescheduled] == [
+        booked.appointment.appointment_id
+    ]
+    moved = response.rescheduled[0].period.start.ToSeconds()
+    later_monday = next_weekday(MONDAY) + timedelta(days=7)
+    assert moved == int(cairo(later_monday, 9, 0).timestamp())
+    assert response.schedule.version == schedule.schedule.version + 1
+
+
+async def test_schedule_stale_version_aborted(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000016")
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.SetWeeklySchedule(
+            pb.SetWeeklyScheduleRequest(
+                practitioner_id=practitioner_id,
+                rules=[
+                    pb.WeeklyRule(
+                        weekday=pb.WEEKDAY_SUNDAY,
+                        start_time="09:00",
+                        end_time="11:00",
+                        slot_minutes=15,
+                    )
+                ],
+                expected_version=0,
+            ),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.ABORTED
+
+
+async def test_reschedule_into_taken_slot_rejected(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000017")
+    service.register_patients("patient-move-1", "patient-move-2")
+    first = await service.stub.Book(
+        book_request("patient-move-1", practitioner_id, 9, 0),
+        metadata=service.scheduler_auth,
+    )
+    await service.stub.Book(
+        book_request("patient-move-2", practitioner_id, 9, 30),
+        metadata=service.scheduler_auth,
+    )
+    day = next_weekday(MONDAY)
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Reschedule(
+            pb.RescheduleRequest(
+                appointment_id=first.appointment.appointment_id,
+                expected_version=1,
+                period=period(cairo(day, 9, 30), cairo(day, 9, 45)),
+            ),
+            metadata=service.scheduler_auth,
+        )
+    moved = await service.stub.Reschedule(
+        pb.RescheduleRequest(
+            appointment_id=first.appointment.appointment_id,
+            expected_version=1,
+            period=period(cairo(day, 10, 0), cairo(day, 10, 15)),
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    assert error_info(caught.value).reason == "SLOT_UNAVAILABLE"
+    assert moved.appointment.version == 2
+    assert moved.appointment.period.start.ToSeconds() == int(
+        cairo(day, 10, 0).timestamp()
+    )
+
+
+async def test_elective_admission_follows_appointment(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000018")
+    service.register_patients("patient-ward-1", "patient-ward-2")
+    booked = await service.stub.Book(
+        book_request("patient-ward-1", practitioner_id, 9, 0),
+        metadata=service.scheduler_auth,
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.Admit(
+            pb.AdmitRequest(
+                patient_id="patient-ward-2",
+                organization_id="org-1",
+                ward="surgery",
+                attending_practitioner_id=practitioner_id,
+                appointment_id=booked.appointment.appointment_id,
+            ),
+            metadata=service.scheduler_auth,
+        )
+    admitted = await service.stub.Admit(
+        pb.AdmitRequest(
+            patient_id="patient-ward-1",
+            organization_id="org-1",
+            ward="surgery",
+            attending_practitioner_id=practitioner_id,
+            appointment_id=booked.appointment.appointment_id,
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    assert error_info(caught.value).reason == "APPOINTMENT_OF_OTHER_PATIENT"
+    assert admitted.admission.emergency is False
+    assert admitted.admission.appointment_id == booked.appointment.appointment_id
+
+
+async def test_import_fhir_rejects_non_bundle(service: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.ImportFhir(
+            pb.ImportFhirRequest(bundle=b'{"resourceType": "Patient"}'),
+            metadata=service.scheduler_auth,
+        )
+
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert violated_fields(caught.value) == {"bundle"}
+
+
+async def test_organization_time_zone_must_exist(service: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.RegisterOrganization(
+            pb.RegisterOrganizationRequest(name="Clinic", time_zone="Africa/Atlantis"),
+            metadata=service.scheduler_auth,
+        )
+
+    assert violated_fields(caught.value) == {"time_zone"}
+
+
+async def test_overlapping_rules_named_by_request_index(service: Running) -> None:
+    rule = pb.WeeklyRule(
+        weekday=pb.WEEKDAY_MONDAY, start_time="09:00", end_time="12:00", slot_minutes=15
+    )
+    invalid = pb.WeeklyRule(
+        weekday=pb.WEEKDAY_MONDAY, start_time="bad", end_time="12:00", slot_minutes=15
+    )
+    request = pb.SetWeeklyScheduleRequest(
+        practitioner_id="p-1", rules=[invalid, rule, rule]
+    )
+
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await service.stub.SetWeeklySchedule(request, metadata=service.scheduler_auth)
+
+    assert violated_fields(caught.value) == {"rules[0].start_time", "rules[2]"}

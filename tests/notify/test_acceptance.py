@@ -25,6 +25,7 @@ from sqlmodel import select
 
 from hin.appointments.v1 import events_pb2 as appointments
 from hin.authz.v1 import events_pb2 as authz
+from hin.billing.v1 import events_pb2 as billing
 from hin.common.v1 import types_pb2 as common
 from hin.labs.v1 import events_pb2 as labs
 from hin.notify.v1 import events_pb2 as events
@@ -856,3 +857,70 @@ async def test_admission_pages_ward_on_call(net, stub, upstream) -> None:
     assert page.kind == pb.NOTIFICATION_KIND_PATIENT_ADMITTED
     assert page.priority == pb.NOTIFICATION_PRIORITY_URGENT
     assert page.attributes["admission_id"] == admitted.admission_id
+
+
+async def test_merged_patient_told_as_survivor(net, stub, upstream) -> None:
+    merged_id, survivor_id = ids("pat-old"), ids("pat-new")
+    merge = records.PatientsMerged(
+        context=common.EventContext(organization_id=ORG),
+        surviving_patient_id=survivor_id,
+        merged_patient_id=merged_id,
+        survivor=records.PatientSnapshot(patient_id=survivor_id, version=2),
+    )
+    charge = billing.ChargePosted(
+        context=common.EventContext(organization_id=ORG),
+        charge_id=ids("chg"),
+        patient_id=merged_id,
+        service=common.Coding(code="visit-general", display="General visit"),
+        amount=common.Money(currency="EGP", minor_units=35050),
+        quantity=1,
+    )
+    await upstream.publish(
+        (registered(merged_id), merged_id),
+        (merge, merged_id),
+        (charge, merged_id),
+    )
+
+    [notification] = await next_notifications(
+        net, stub, f"patient:{survivor_id}", 1, patient_id=survivor_id
+    )
+
+    assert notification.kind == pb.NOTIFICATION_KIND_CHARGE_POSTED
+    assert notification.patient_id == survivor_id
+    assert notification.body == (
+        f"Charge {charge.charge_id} for General visit: EGP 350.50."
+    )
+    assert await stored(net, stub, f"patient:{merged_id}") == []
+
+
+async def test_availability_change_tells_booked_patient(net, stub, upstream) -> None:
+    patient_id, practitioner_id = ids("pat"), ids("dr")
+    appointment_id = ids("appt")
+    booked = appointments.AppointmentBooked(
+        context=common.EventContext(organization_id=ORG),
+        appointment=appointments.AppointmentSnapshot(
+            appointment_id=appointment_id,
+            patient_id=patient_id,
+            practitioner_id=practitioner_id,
+            organization_id=ORG,
+        ),
+    )
+    changed = appointments.PractitionerAvailabilityChanged(
+        context=common.EventContext(organization_id=ORG),
+        practitioner_id=practitioner_id,
+        organization_id=ORG,
+        affected_appointment_ids=[appointment_id, ids("appt-unknown")],
+    )
+    recipient = f"patient:{patient_id}"
+    # The change is keyed by practitioner, so it may sit on another partition
+    # than the booking: publish it only after the booking was handled.
+    await upstream.publish((booked, patient_id))
+    [first] = await next_notifications(net, stub, recipient, 1, patient_id=patient_id)
+    await upstream.publish((changed, practitioner_id))
+    [second] = await next_notifications(
+        net, stub, recipient, 1, after_id=first.sequence_id, patient_id=patient_id
+    )
+
+    assert first.kind == pb.NOTIFICATION_KIND_APPOINTMENT_BOOKED
+    assert second.kind == pb.NOTIFICATION_KIND_PRACTITIONER_UNAVAILABLE
+    assert second.attributes["appointment_id"] == appointment_id

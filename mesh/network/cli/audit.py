@@ -22,6 +22,7 @@ from hin.authz.v1 import authz_service_pb2 as pb
 from hin.authz.v1 import authz_service_pb2_grpc as pb_grpc
 from hin.authz.v1 import events_pb2 as events
 from hin.common.v1 import types_pb2
+from mesh.network.state import NetworkNotRunning
 from mesh.runtime.audit_chain import (
     CHAINED_FIELDS,
     GENESIS_HASH,
@@ -87,7 +88,7 @@ def run_verify(args: argparse.Namespace) -> int:
             report = verify_database(args.database_url)
         else:
             report = _verify_remote(args.state)
-    except (SQLAlchemyError, grpc.RpcError, FileNotFoundError, ValueError) as exc:
+    except (SQLAlchemyError, grpc.RpcError, NetworkNotRunning, ValueError) as exc:
         print(f"hin audit verify: {_describe(exc)}", file=sys.stderr)
         return 2
     if report.intact:
@@ -185,7 +186,7 @@ def run_patient(args: argparse.Namespace) -> int:
                 )
                 return 2
             rows = list(_disclosures_remote(args.state, args.patient_id, args.org))
-    except (SQLAlchemyError, grpc.RpcError, FileNotFoundError, ValueError) as exc:
+    except (SQLAlchemyError, grpc.RpcError, NetworkNotRunning, ValueError) as exc:
         print(f"hin audit patient: {_describe(exc)}", file=sys.stderr)
         return 2
     print(f"accounting of disclosures for patient {args.patient_id}: {len(rows)}")

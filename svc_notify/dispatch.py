@@ -250,7 +250,12 @@ class Dispatcher:
             status=pb.DELIVERY_STATUS_SENT,
             now=now,
         )
-        chosen = _channels(preferences.channels) if preferences else None
+        # Preferences without channels keep the default channels.
+        chosen = (
+            _channels(preferences.channels)
+            if preferences and preferences.channels
+            else None
+        )
         for channel in policy.external_channels(chosen, intent.priority):
             store.add_delivery(
                 session,

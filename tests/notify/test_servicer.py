@@ -524,3 +524,40 @@ async def test_cli_watch_prints_each_notification(net, stub) -> None:
     assert [line["sequenceId"] for line in lines] == ["1", "2"]
     assert [line["sourceEventId"] for line in lines] == [first, second]
     assert lines[1]["title"] == "New test result"
+
+
+async def test_channel_preferences_choose_deliveries(net, stub) -> None:
+    quiet_id, default_id = f"pat-{uuid.uuid4().hex[:6]}", f"pat-{uuid.uuid4().hex[:6]}"
+    for patient_id, channels in ((quiet_id, [events.CHANNEL_IN_APP]), (default_id, [])):
+        await stub.SetPreferences(
+            pb.SetPreferencesRequest(
+                preferences=pb.Preferences(
+                    recipient=f"patient:{patient_id}", channels=channels, language="en"
+                )
+            ),
+            metadata=net.metadata(roles=["patient"], patient_id=patient_id),
+        )
+    sources = {
+        patient_id: await add_intent(
+            net, f"patient:{patient_id}", patient_id=patient_id
+        )
+        for patient_id in (quiet_id, default_id)
+    }
+
+    async def channels_of(patient_id: str) -> list[int]:
+        response = await stub.ListDeliveries(
+            pb.ListDeliveriesRequest(source_event_id=sources[patient_id]),
+            metadata=net.metadata(roles=["administrator"]),
+        )
+        return sorted(d.channel for d in response.deliveries)
+
+    async def both_dispatched() -> bool:
+        return all([await channels_of(quiet_id), await channels_of(default_id)])
+
+    await eventually(both_dispatched)
+    assert await channels_of(quiet_id) == [events.CHANNEL_IN_APP]
+    # Preferences without channels keep the default e-mail delivery.
+    assert await channels_of(default_id) == [
+        events.CHANNEL_IN_APP,
+        events.CHANNEL_EMAIL,
+    ]

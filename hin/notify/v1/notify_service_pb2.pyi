@@ -395,7 +395,10 @@ class Preferences(_message.Message):
     version: _builtins.int
     @_builtins.property
     def channels(self) -> _containers.RepeatedScalarFieldContainer[_events_pb2.Channel.ValueType]:
-        """Channels to use. In-app is always on, whether listed or not."""
+        """Channels to use. In-app is always on, whether listed or not. Empty means
+        the defaults: e-mail, plus SMS for urgent notifications. List only
+        CHANNEL_IN_APP to turn the external channels off.
+        """
 
     @_builtins.property
     def quiet_hours(self) -> Global___QuietHours:

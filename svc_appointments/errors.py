@@ -19,10 +19,6 @@ class PractitionerNotFound(AppointmentsError, NotFound):
     pass
 
 
-class OrganizationNotFound(AppointmentsError, NotFound):
-    pass
-
-
 class AppointmentNotFound(AppointmentsError, NotFound):
     pass
 

@@ -606,6 +606,8 @@ class Scheduler:
                 f"overlapping {_describe(period)}; choose another slot",
                 reason="SLOT_UNAVAILABLE",
             )
+        # NOTE: only the practitioner is locked, so two concurrent bookings of
+        # one patient with two practitioners can both pass this check.
         if store.patient_appointments_overlapping(
             session, patient_id, period, exclude_id=exclude_id
         ):

@@ -22,7 +22,6 @@ from svc_appointments import convert, requests, store
 from svc_appointments.errors import (
     AdmissionNotFound,
     AppointmentNotFound,
-    OrganizationNotFound,
     PractitionerNotFound,
 )
 from svc_appointments.fhir_import import FhirImporter
@@ -171,8 +170,6 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
     ) -> pb.SetWeeklyScheduleResponse:
         rules = requests.weekly_rules(request)
         await authorize(self._authorizer, action=WRITE)
-        if request.organization_id:
-            await self._run(_require_organization, request.organization_id)
         change = await self._run(
             self._scheduler.set_weekly_schedule,
             practitioner_id=request.practitioner_id,
@@ -510,15 +507,6 @@ def _practitioner_by_identifier(
     )
     row = session.get(PractitionerRow, holder) if holder else None
     return ([row], 1) if row is not None else ([], 0)
-
-
-def _require_organization(session: Session, organization_id: str) -> None:
-    if session.get(store.OrganizationRow, organization_id) is None:
-        raise OrganizationNotFound(
-            f"organization {organization_id} not found; register it with "
-            "RegisterOrganization first",
-            reason="ORGANIZATION_NOT_FOUND",
-        )
 
 
 def _load_schedule(

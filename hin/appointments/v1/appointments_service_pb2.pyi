@@ -695,7 +695,8 @@ class SetWeeklyScheduleRequest(_message.Message):
     practitioner_id: _builtins.str
     organization_id: _builtins.str
     """Organization whose time zone the rules use; empty keeps the
-    practitioner's own organization.
+    practitioner's own organization. An organization that was never
+    registered or imported here uses Africa/Cairo.
     """
     location_id: _builtins.str
     expected_version: _builtins.int

@@ -32,6 +32,9 @@ logger = logging.getLogger(__name__)
 
 E = TypeVar("E", bound=Message)
 
+#: Result statuses that post no charge.
+NOT_CHARGED_STATUSES = (labs.RESULT_STATUS_CORRECTED, labs.RESULT_STATUS_CANCELLED)
+
 #: Tables whose rows name a patient; a merge moves them to the survivor.
 PATIENT_TABLES: tuple[type[store.BillingBase], ...] = (
     store.ChargeRow,
@@ -76,6 +79,11 @@ def build_handlers(outbox: OutboxWriter) -> list[Handler]:
                 quantity=1,
                 service_date=completed,
                 source_event_id=envelope.id,
+                source_ref=(
+                    f"appointments.appointment:{appointment.appointment_id}"
+                    if appointment.appointment_id
+                    else ""
+                ),
             ),
         )
         logger.info(
@@ -89,7 +97,9 @@ def build_handlers(outbox: OutboxWriter) -> list[Handler]:
         result = event.result
         if event.historical:
             return
-        if result.status == labs.RESULT_STATUS_CORRECTED:
+        # A corrected result was charged when first published, and a
+        # cancelled test was not performed.
+        if result.status in NOT_CHARGED_STATUSES:
             return
         if not result.patient_id or not result.test.code:
             raise BadEvent(
@@ -112,6 +122,9 @@ def build_handlers(outbox: OutboxWriter) -> list[Handler]:
                 quantity=1,
                 service_date=moment,
                 source_event_id=envelope.id,
+                source_ref=(
+                    f"labs.result:{result.result_id}" if result.result_id else ""
+                ),
             ),
         )
         logger.info(

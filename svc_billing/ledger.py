@@ -181,6 +181,8 @@ class ChargeInput:
     #: Unit price given by the caller instead of the price list's.
     unit_price: types.Money | None = None
     source_event_id: str = ""
+    #: What the charge is for, such as "labs.result:<id>"; one charge each.
+    source_ref: str = ""
     idempotency_key: str = ""
     request_hash: str = ""
 
@@ -197,6 +199,17 @@ def post_charge(
     if item.source_event_id:
         existing = store.charge_by_event(session, item.source_event_id)
         if existing is not None:
+            return existing
+    if item.source_ref:
+        existing = store.charge_by_ref(session, item.source_ref)
+        if existing is not None:
+            logger.info(
+                "already charged",
+                extra={
+                    "charge_id": existing.charge_id,
+                    "event_id": item.source_event_id,
+                },
+            )
             return existing
     if item.idempotency_key:
         replay = session.exec(
@@ -224,6 +237,7 @@ def post_charge(
         unit_minor=unit,
         amount_minor=unit * item.quantity,
         source_event_id=item.source_event_id or None,
+        source_ref=item.source_ref or None,
         idempotency_key=item.idempotency_key or None,
         request_hash=item.request_hash,
         service_date=item.service_date,

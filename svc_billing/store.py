@@ -78,6 +78,9 @@ class ChargeRow(BillingBase, table=True):
     status: str = "unbilled"
     #: One charge per causing event, even when the inbox is bypassed.
     source_event_id: str | None = Field(default=None, unique=True)
+    #: One charge per charged thing (a lab result, an appointment), so that a
+    #: preliminary and then a final publication of one result charge once.
+    source_ref: str | None = Field(default=None, unique=True)
     idempotency_key: str | None = Field(default=None, unique=True)
     request_hash: str = ""
     service_date: dt.datetime
@@ -271,6 +274,11 @@ def resolve_patient(session: Session, patient_id: str) -> str:
 
 def charge_by_event(session: Session, event_id: str) -> ChargeRow | None:
     statement = select(ChargeRow).where(ChargeRow.source_event_id == event_id)
+    return session.exec(statement).first()
+
+
+def charge_by_ref(session: Session, source_ref: str) -> ChargeRow | None:
+    statement = select(ChargeRow).where(ChargeRow.source_ref == source_ref)
     return session.exec(statement).first()
 
 

@@ -14,6 +14,7 @@ from google.protobuf.message import Message
 from sqlalchemy import inspect
 from sqlmodel import select
 
+from hin.labs.v1 import events_pb2 as labs
 from hin.records.v1 import events_pb2 as records
 from mesh.runtime.events import Envelope
 from mesh.runtime.storage import Database
@@ -21,7 +22,7 @@ from svc_billing import ledger, store
 from svc_billing.app import MIGRATIONS
 from svc_billing.handlers import build_handlers
 from svc_billing.servicer import run_idempotent
-from tests.billing.upstream import appointment_completed
+from tests.billing.upstream import appointment_completed, result_published
 
 pytestmark = pytest.mark.postgres
 
@@ -190,3 +191,25 @@ def test_merge_moves_charges_to_survivor(db: Database) -> None:
             )
         )]
     assert owners == [survivor, survivor]
+
+
+def test_final_after_preliminary_charges_once(db: Database) -> None:
+    outbox = RecordingOutbox()
+    handlers = {h.type_name: h for h in build_handlers(outbox)}
+    handler = handlers["hin.labs.v1.TestResultPublished"]
+    patient_id = f"pat-{uuid.uuid4().hex[:10]}"
+    preliminary = result_published(patient_id, status=labs.RESULT_STATUS_PRELIMINARY)
+    final = labs.TestResultPublished()
+    final.CopyFrom(preliminary)
+    final.result.status = labs.RESULT_STATUS_FINAL
+    cancelled = result_published(patient_id, status=labs.RESULT_STATUS_CANCELLED)
+
+    for event in (preliminary, final, cancelled):
+        with db.transaction() as session:
+            handler.fn(session, event, envelope(str(uuid.uuid4()), handler.type_name))
+
+    with db.transaction() as session:
+        refs = [row.source_ref for row in session.exec(
+            select(store.ChargeRow).where(store.ChargeRow.patient_id == patient_id)
+        )]
+    assert refs == [f"labs.result:{preliminary.result.result_id}"]

@@ -51,6 +51,7 @@ def upgrade() -> None:
         sa.Column("amount_minor", sa.BigInteger(), nullable=False),
         sa.Column("status", sa.String(), nullable=False),
         sa.Column("source_event_id", sa.String(), nullable=True),
+        sa.Column("source_ref", sa.String(), nullable=True),
         sa.Column("idempotency_key", sa.String(), nullable=True),
         sa.Column("request_hash", sa.String(), nullable=False),
         sa.Column("service_date", sa.DateTime(timezone=True), nullable=False),
@@ -61,6 +62,7 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("charge_id"),
         sa.UniqueConstraint("idempotency_key"),
         sa.UniqueConstraint("source_event_id"),
+        sa.UniqueConstraint("source_ref"),
     )
     with op.batch_alter_table("billing_charges", schema=None) as batch_op:
         batch_op.create_index(

@@ -8,6 +8,7 @@ the path through Kafka.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,7 +28,7 @@ from hin.labs.v1 import events_pb2 as labs
 from hin.records.v1 import events_pb2 as records
 from mesh.network.devkeys import mint_token
 from mesh.runtime.events import Envelope
-from mesh.runtime.server import ServiceHost
+from mesh.runtime.server import BuildContext, ServiceHost, ServiceSpec
 from mesh.runtime.settings import ServiceSettings
 from svc_authz import store
 from svc_authz.app import make_build
@@ -254,26 +255,31 @@ def authz_settings(state: Path, bootstrap: str, **extra: str) -> ServiceSettings
     return ServiceSettings.from_env("authz", environ=environ)
 
 
-@pytest.fixture(scope="package")
-async def authz(
-    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
-) -> AsyncIterator[AuthzHarness]:
-    """A running authz service on SQLite, shared by the package's tests.
+async def start_authz(
+    state: Path, bootstrap: str, *, database_url: str = "", consume: bool = True
+) -> AuthzHarness:
+    """Start an authz service in ``state``; on SQLite unless a URL is given.
 
-    Tests share its database, so each one uses patient ids of its own.
+    With ``consume`` false the service has no event handlers, so it stays out
+    of the ``hin.authz`` consumer group that the shared service is in.
     """
-    state = tmp_path_factory.mktemp("authz-state")
     # The JWKS must exist before the host loads it.
     mint_token(state, subject="setup", roles=["doctor"], organization_id="h")
     clock = SettableClock(START)
+    build = make_build(clock)
+
+    def build_without_consumer(ctx: BuildContext) -> ServiceSpec:
+        return dataclasses.replace(build(ctx), handlers=())
+
+    extra = {"HIN_DATABASE_URL": database_url} if database_url else {}
     host = ServiceHost(
-        settings=authz_settings(state, kafka_bootstrap),
-        build=make_build(clock),
+        settings=authz_settings(state, bootstrap, **extra),
+        build=build if consume else build_without_consumer,
         tracer_provider=TracerProvider(),
     )
     port = await host.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    harness = AuthzHarness(
+    return AuthzHarness(
         host=host,
         port=port,
         channel=channel,
@@ -282,9 +288,24 @@ async def authz(
         clock=clock,
         handlers=AuthzHandlers(clock=clock),
     )
+
+
+async def stop_authz(harness: AuthzHarness) -> None:
+    await harness.channel.close()
+    await harness.host.stop(grace=1)
+
+
+@pytest.fixture(scope="package")
+async def authz(
+    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
+) -> AsyncIterator[AuthzHarness]:
+    """A running authz service on SQLite, shared by the package's tests.
+
+    Tests share its database, so each one uses patient ids of its own.
+    """
+    harness = await start_authz(tmp_path_factory.mktemp("authz-state"), kafka_bootstrap)
     yield harness
-    await channel.close()
-    await host.stop(grace=1)
+    await stop_authz(harness)
 
 
 def find_event(

@@ -1,6 +1,6 @@
 """``hin audit`` against a running authz service, as on a live network.
 
-A network.json whose ingress is the package's authz service stands in for
+A network.json whose ingress is the package's authz service replaces
 ``hin up``; the command then dials it exactly as it dials the ingress Envoy.
 """
 

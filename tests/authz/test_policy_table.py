@@ -11,7 +11,9 @@ permission are redacted.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
 import pytest
@@ -19,7 +21,7 @@ import pytest
 from hin.appointments.v1 import events_pb2 as appointments
 from hin.authz.v1 import authz_service_pb2 as pb
 from hin.authz.v1 import events_pb2 as events
-from tests.authz.conftest import AuthzHarness, Person
+from tests.authz.conftest import AuthzHarness, Person, start_authz, stop_authz
 
 DAY = datetime.timedelta(days=1)
 T = events.PURPOSE_TREATMENT
@@ -140,7 +142,30 @@ CASES = [
 
 
 @pytest.fixture(scope="module")
-def world(authz: AuthzHarness) -> AuthzHarness:
+async def authz_postgres(
+    tmp_path_factory: pytest.TempPathFactory,
+    kafka_bootstrap: str,
+    postgres_database: Callable[[], str],
+) -> AsyncIterator[AuthzHarness]:
+    """A second authz service, on a fresh PostgreSQL database."""
+    harness = await start_authz(
+        tmp_path_factory.mktemp("authz-postgres"),
+        kafka_bootstrap,
+        database_url=postgres_database(),
+        consume=False,
+    )
+    yield harness
+    await stop_authz(harness)
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def world(request: pytest.FixtureRequest) -> AuthzHarness:
+    """The table's patients, relationships and consents, on each database."""
+    fixture = "authz" if request.param == "sqlite" else "authz_postgres"
+    authz: AuthzHarness = request.getfixturevalue(fixture)
     now = authz.clock()
     for patient in (
         "t-pa1",
@@ -234,3 +259,23 @@ async def test_check_decision(world: AuthzHarness, case: Case) -> None:
     assert response.redact_clinical is case.redact_clinical
     assert response.emergency is False
     assert response.audit_id
+
+
+async def test_concurrent_checks_keep_chain_linear(world: AuthzHarness) -> None:
+    before = await world.stub.VerifyAuditChain(
+        pb.VerifyAuditChainRequest(),
+        metadata=world.bearer(ADMIN_A),
+    )
+    responses = await asyncio.gather(
+        *(
+            world.check(DR_A1, "records.clinical.read", f"t-pa{1 + index % 9}")
+            for index in range(40)
+        )
+    )
+    after = await world.stub.VerifyAuditChain(
+        pb.VerifyAuditChainRequest(), metadata=world.bearer(ADMIN_A)
+    )
+    assert len({r.audit_id for r in responses}) == 40
+    assert after.intact, after.problem
+    # Each verification is audited too, after it ran: hence the one extra.
+    assert after.records_checked == before.records_checked + 40 + 1

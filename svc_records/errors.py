@@ -33,3 +33,7 @@ class MergeRejected(RecordsError, FailedPrecondition):
 
 class PatientMerged(RecordsError, FailedPrecondition):
     """A write names a patient id that was merged into another record."""
+
+
+class ConcurrentChange(RecordsError, Aborted):
+    """Another transaction wrote the same rows first; retrying can succeed."""

@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 
 import grpc
 from google.protobuf.message import Message
+from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
 from hin.common.v1 import types_pb2
@@ -18,6 +19,7 @@ from hin.records.v1 import events_pb2
 from hin.records.v1 import records_service_pb2 as pb
 from hin.records.v1 import records_service_pb2_grpc as pb_grpc
 from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.errors import PermissionDenied
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
 from svc_records import records, store
@@ -27,6 +29,7 @@ from svc_records.domain import patients as rules
 from svc_records.domain.fhir_export import ChartEntry, export_bundle
 from svc_records.domain.names import name_tokens
 from svc_records.errors import (
+    ConcurrentChange,
     MergeRejected,
     PatientMerged,
     PatientNotFound,
@@ -40,6 +43,7 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 
 R = TypeVar("R", bound=Message)
+T = TypeVar("T")
 
 
 class RecordsServicer(pb_grpc.RecordsServiceServicer):
@@ -49,6 +53,26 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         self._db = db
         self._outbox = outbox
         self._authorizer = authorizer
+
+    async def _run(self, fn: Callable[[Session], T]) -> T:
+        """Run ``fn`` in one transaction; map a lost race to ABORTED.
+
+        Unique constraints (identifiers, idempotency keys, import source
+        keys) decide races between concurrent writers; the loser's whole
+        transaction rolls back.
+        """
+        try:
+            return await self._db.run(fn)
+        except IntegrityError as exc:
+            logger.warning(
+                "transaction lost a race on a unique constraint",
+                extra={"error_type": type(exc.orig).__name__},
+            )
+            raise ConcurrentChange(
+                "another request changed the same records at the same time; "
+                "retry the call",
+                reason="CONCURRENT_CHANGE",
+            ) from exc
 
     # Patients ------------------------------------------------------------
 
@@ -82,7 +106,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             _remember(session, "RegisterPatient", request.idempotency_key, response)
             return response
 
-        return await self._db.run(register)
+        return await self._run(register)
 
     async def GetPatient(
         self, request: pb.GetPatientRequest, context: grpc.aio.ServicerContext
@@ -101,7 +125,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 response.merged_patient_id = request.patient_id
             return response
 
-        return await self._db.run(load)
+        return await self._run(load)
 
     async def UpdatePatient(
         self, request: pb.UpdatePatientRequest, context: grpc.aio.ServicerContext
@@ -166,7 +190,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 patient=_patient(session, row), changed_fields=changed
             )
 
-        return await self._db.run(update)
+        return await self._run(update)
 
     async def SearchPatients(
         self, request: pb.SearchPatientsRequest, context: grpc.aio.ServicerContext
@@ -216,7 +240,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 page=_page_response(offset, size, total),
             )
 
-        return await self._db.run(search)
+        return await self._run(search)
 
     async def ListPatients(
         self, request: pb.ListPatientsRequest, context: grpc.aio.ServicerContext
@@ -241,7 +265,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 page=_page_response(offset, size, total),
             )
 
-        return await self._db.run(list_page)
+        return await self._run(list_page)
 
     async def MergePatients(
         self, request: pb.MergePatientsRequest, context: grpc.aio.ServicerContext
@@ -270,7 +294,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             _remember(session, "MergePatients", request.idempotency_key, response)
             return response
 
-        return await self._db.run(merge)
+        return await self._run(merge)
 
     def _merge(
         self, session: Session, request: pb.MergePatientsRequest
@@ -333,24 +357,45 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
 
     # Clinical record -------------------------------------------------------
 
+    async def _may_read_chart(self, patient_id: str) -> bool:
+        """Authorize a chart read; return whether clinical data may be included.
+
+        Reading the chart needs demographics access. Clinical data is left
+        out (minimum necessary) when that decision sets redact_clinical or
+        the caller may not read clinical data, so a billing clerk gets the
+        demographics only instead of an error.
+        """
+        decision = await authorize(
+            self._authorizer,
+            action="records.demographics.read",
+            patient_id=patient_id,
+        )
+        if decision.redact_clinical:
+            return False
+        try:
+            clinical = await authorize(
+                self._authorizer,
+                action="records.clinical.read",
+                patient_id=patient_id,
+            )
+        except PermissionDenied:
+            return False
+        return not clinical.redact_clinical
+
     async def GetPatientSummary(
         self, request: pb.GetPatientSummaryRequest, context: grpc.aio.ServicerContext
     ) -> pb.GetPatientSummaryResponse:
         _require_id(request.patient_id, "patient_id")
-        decision = await authorize(
-            self._authorizer,
-            action="records.clinical.read",
-            patient_id=request.patient_id,
-        )
+        include_clinical = await self._may_read_chart(request.patient_id)
 
         def load(session: Session) -> pb.GetPatientSummaryResponse:
             row = _load_survivor(session, request.patient_id)
             summary = pb.PatientSummary(patient=_patient(session, row))
-            if not decision.redact_clinical:
+            if include_clinical:
                 _fill_chart(summary, store.entries_of_patient(session, row.patient_id))
             return pb.GetPatientSummaryResponse(summary=summary)
 
-        return await self._db.run(load)
+        return await self._run(load)
 
     async def RecordEncounter(
         self, request: pb.RecordEncounterRequest, context: grpc.aio.ServicerContext
@@ -429,7 +474,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             _remember(session, method, idempotency_key, entry)
             return entry
 
-        return await self._db.run(record)
+        return await self._run(record)
 
     # FHIR ------------------------------------------------------------------
 
@@ -445,7 +490,8 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             except fhir_domain.FhirError as exc:
                 violations.add("bundle", str(exc))
         violations.check()
-        await authorize(self._authorizer, action="records.clinical.write")
+        # Bulk import is an operator's task (hin import runs as administrator).
+        await authorize(self._authorizer, action="records.admin.write")
 
         def run_import(session: Session) -> pb.ImportFhirResponse:
             bundle_import = BundleImport(
@@ -456,7 +502,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             )
             return pb.ImportFhirResponse(outcomes=bundle_import.run())
 
-        response = await self._db.run(run_import)
+        response = await self._run(run_import)
         logger.info(
             "FHIR bundle imported",
             extra={"entries": len(entries), "source": request.source},
@@ -467,18 +513,14 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         self, request: pb.ExportPatientRequest, context: grpc.aio.ServicerContext
     ) -> pb.ExportPatientResponse:
         _require_id(request.patient_id, "patient_id")
-        decision = await authorize(
-            self._authorizer,
-            action="records.clinical.read",
-            patient_id=request.patient_id,
-        )
+        include_clinical = await self._may_read_chart(request.patient_id)
 
         def export(session: Session) -> dict[str, Any]:
             row = _load_survivor(session, request.patient_id)
             rows = (
-                []
-                if decision.redact_clinical
-                else store.entries_of_patient(session, row.patient_id)
+                store.entries_of_patient(session, row.patient_id)
+                if include_clinical
+                else []
             )
             entries = [
                 ChartEntry(
@@ -502,7 +544,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 directory=directory,
             )
 
-        bundle = await self._db.run(export)
+        bundle = await self._run(export)
         return pb.ExportPatientResponse(
             bundle=json.dumps(bundle, ensure_ascii=False).encode()
         )

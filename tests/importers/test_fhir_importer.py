@@ -9,6 +9,7 @@ import asyncio
 import contextlib
 import io
 import json
+import uuid
 from collections import Counter
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -34,9 +35,12 @@ Metadata = tuple[tuple[str, str], ...]
 async def start(
     name: str, build: BuildFunction, state: Path, bootstrap: str
 ) -> tuple[ServiceHost, grpc.aio.Channel]:
+    # A consumer group of its own (hin.<name>) per host, so no host shares
+    # partitions with a host of another test that is still stopping.
+    unique = f"{name}_{uuid.uuid4().hex[:8]}"
     host = ServiceHost(
         settings=ServiceSettings.from_env(
-            name,
+            unique,
             environ={
                 "HIN_STATE_DIR": str(state),
                 "HIN_DATABASE_URL": f"sqlite:///{state / (name + '.db')}",
@@ -104,8 +108,8 @@ async def imported(
     yield summaries, shared_data
     for channel in (records_channel, appointments_channel):
         await channel.close()
-    await appointments.stop(grace=1)
-    await records.stop(grace=1)
+    await appointments.stop(grace=5)
+    await records.stop(grace=5)
 
 
 RECORDS_TYPES = (
@@ -204,7 +208,7 @@ async def test_small_requests_split_bundle(
         summary = await importer.import_paths([bundle])
     finally:
         await channel.close()
-        await host.stop(grace=1)
+        await host.stop(grace=5)
     records = summary.services["records"]
     for resource_type in ("Encounter", "Condition", "MedicationRequest"):
         assert records[resource_type].imported == expected[resource_type]
@@ -242,7 +246,7 @@ async def test_cli_prints_json_summary(
             )
     finally:
         await channel.close()
-        await host.stop(grace=1)
+        await host.stop(grace=5)
     summary = json.loads(output.getvalue())
     assert code == 0
     assert summary["files"] == 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +20,9 @@ from mesh.runtime.settings import ServiceSettings
 from svc_records.app import build
 
 Metadata = tuple[tuple[str, str], ...]
+
+#: Seconds a stopping host gives its consumer to commit and leave the group.
+STOP_GRACE_SECONDS = 5.0
 
 
 class RedactingAuthorizer:
@@ -38,9 +42,10 @@ class RedactingAuthorizer:
                     "records.clinical.read",
                     "records.clinical.write",
                 },
-                "billing_clerk": {
+                "billing_clerk": {"records.demographics.read"},
+                "receptionist": {
                     "records.demographics.read",
-                    "records.clinical.read",
+                    "records.demographics.write",
                 },
             }
         )
@@ -75,6 +80,7 @@ class RecordsServer:
     state: Path
     doctor: Metadata
     clerk: Metadata
+    receptionist: Metadata
     admin: Metadata
     nobody: Metadata
 
@@ -85,21 +91,32 @@ def bearer(state: Path, subject: str, role: str) -> Metadata:
     return (("authorization", f"Bearer {token}"),)
 
 
+def unique_name() -> str:
+    """Return a service name of its own for one test host.
+
+    The consumer group is ``hin.<name>``, so hosts with their own names never
+    share partitions with a host of another test that is still stopping.
+    """
+    return f"records_{uuid.uuid4().hex[:8]}"
+
+
 async def start_records(
-    state: Path, bootstrap: str, database_url: str = ""
+    state: Path, bootstrap: str, database_url: str = "", name: str = ""
 ) -> tuple[ServiceHost, grpc.aio.Channel]:
     """Start a records service host on a free loopback port."""
+    name = name or unique_name()
     mint_token(state, subject="setup", roles=["doctor"], organization_id="org-1")
     environ = {
         "HIN_STATE_DIR": str(state),
+        "HIN_DATABASE_URL": f"sqlite:///{state / 'records.db'}",
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "HIN_GRPC_ADDRESS": "127.0.0.1:0",
-        "HIN_RECORDS_RELAY_POLL_SECONDS": "0.2",
+        f"HIN_{name.upper()}_RELAY_POLL_SECONDS": "0.2",
     }
     if database_url:
         environ["HIN_DATABASE_URL"] = database_url
     host = ServiceHost(
-        settings=ServiceSettings.from_env("records", environ=environ),
+        settings=ServiceSettings.from_env(name, environ=environ),
         build=build,
         authorizer=RedactingAuthorizer(),
         tracer_provider=TracerProvider(),
@@ -115,14 +132,22 @@ async def records_server(
     """Records service on SQLite with a fresh state folder for the module."""
     state = tmp_path_factory.mktemp("records-state")
     host, channel = await start_records(state, kafka_bootstrap)
-    yield RecordsServer(
+    yield records_client(host, channel, state)
+    await channel.close()
+    await host.stop(grace=STOP_GRACE_SECONDS)
+
+
+def records_client(
+    host: ServiceHost, channel: grpc.aio.Channel, state: Path
+) -> RecordsServer:
+    """Wrap a started host with a stub and people's call metadata."""
+    return RecordsServer(
         host=host,
         stub=pb_grpc.RecordsServiceStub(channel),
         state=state,
         doctor=bearer(state, "dr-1", "doctor"),
         clerk=bearer(state, "clerk-1", "billing_clerk"),
+        receptionist=bearer(state, "reception-1", "receptionist"),
         admin=bearer(state, "admin-1", "administrator"),
         nobody=bearer(state, "nurse-1", "nurse"),
     )
-    await channel.close()
-    await host.stop(grace=1)

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import datetime
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
+import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from google.protobuf.message import Message
 
@@ -17,11 +18,28 @@ from hin.labs.v1 import events_pb2 as lab_events
 from hin.records.v1 import events_pb2 as record_events
 from hin.records.v1 import records_service_pb2 as pb
 
-from .conftest import RecordsServer
+from .conftest import (
+    STOP_GRACE_SECONDS,
+    RecordsServer,
+    records_client,
+    start_records,
+)
 
 RECORDS_TOPIC = "hin.records.events.v1"
 #: Seconds a test waits for an event or its effect before failing.
 WAIT_SECONDS = 30.0
+
+
+@pytest.fixture(scope="module")
+async def events_server(
+    tmp_path_factory: pytest.TempPathFactory, kafka_bootstrap: str
+) -> AsyncIterator[RecordsServer]:
+    """Records service named "records", so its events carry that source."""
+    state = tmp_path_factory.mktemp("records-events")
+    host, channel = await start_records(state, kafka_bootstrap, name="records")
+    yield records_client(host, channel, state)
+    await channel.close()
+    await host.stop(grace=STOP_GRACE_SECONDS)
 
 
 def read_records_topic(
@@ -111,18 +129,18 @@ async def wait_for_summary(
 
 
 async def test_patient_registered_carries_trace(
-    records_server: RecordsServer, kafka_bootstrap: str
+    events_server: RecordsServer, kafka_bootstrap: str
 ) -> None:
     trace_id = uuid.uuid4().hex
     traceparent = f"00-{trace_id}-{uuid.uuid4().hex[:16]}-01"
-    response = await records_server.stub.RegisterPatient(
+    response = await events_server.stub.RegisterPatient(
         pb.RegisterPatientRequest(
             patient=pb.PatientDemographics(
                 names=[types_pb2.HumanName(family="Traced", given=["Tamer"])],
                 identifiers=[types_pb2.Identifier(system="urn:test:ev", value="t-1")],
             )
         ),
-        metadata=(*records_server.doctor, ("traceparent", traceparent)),
+        metadata=(*events_server.doctor, ("traceparent", traceparent)),
     )
     patient_id = response.patient.patient_id
 
@@ -146,15 +164,15 @@ async def test_patient_registered_carries_trace(
 
 
 async def test_merge_emits_patients_merged(
-    records_server: RecordsServer, kafka_bootstrap: str
+    events_server: RecordsServer, kafka_bootstrap: str
 ) -> None:
-    survivor = await new_patient(records_server, "MergeSurvivor")
-    duplicate = await new_patient(records_server, "MergeDuplicate")
-    await records_server.stub.MergePatients(
+    survivor = await new_patient(events_server, "MergeSurvivor")
+    duplicate = await new_patient(events_server, "MergeDuplicate")
+    await events_server.stub.MergePatients(
         pb.MergePatientsRequest(
             surviving_patient_id=survivor, merged_patient_id=duplicate
         ),
-        metadata=records_server.doctor,
+        metadata=events_server.doctor,
     )
     record = await asyncio.to_thread(
         read_records_topic,
@@ -188,14 +206,14 @@ def lab_result(patient_id: str, version: int, quantity: str) -> lab_events.TestR
 
 
 async def test_lab_results_become_observations(
-    records_server: RecordsServer, kafka_bootstrap: str
+    events_server: RecordsServer, kafka_bootstrap: str
 ) -> None:
-    patient_id = await new_patient(records_server, "LabPatient")
+    patient_id = await new_patient(events_server, "LabPatient")
     published = lab_events.TestResultPublished(result=lab_result(patient_id, 1, "6.9"))
     publish(kafka_bootstrap, published, key=patient_id, source="hin://labs")
 
     summary = await wait_for_summary(
-        records_server, patient_id, lambda s: len(s.observations) == 1
+        events_server, patient_id, lambda s: len(s.observations) == 1
     )
     observation = summary.observations[0]
     assert observation.value == "6.9"
@@ -209,7 +227,7 @@ async def test_lab_results_become_observations(
     )
     publish(kafka_bootstrap, corrected, key=patient_id, source="hin://labs")
     summary = await wait_for_summary(
-        records_server,
+        events_server,
         patient_id,
         lambda s: s.observations and s.observations[0].version == 2,
     )
@@ -217,9 +235,9 @@ async def test_lab_results_become_observations(
 
 
 async def test_completed_appointment_records_encounter(
-    records_server: RecordsServer, kafka_bootstrap: str
+    events_server: RecordsServer, kafka_bootstrap: str
 ) -> None:
-    patient_id = await new_patient(records_server, "VisitPatient")
+    patient_id = await new_patient(events_server, "VisitPatient")
     encounter_id = f"enc-{uuid.uuid4().hex[:8]}"
     completed = appointment_events.AppointmentCompleted(
         appointment=appointment_events.AppointmentSnapshot(
@@ -243,7 +261,7 @@ async def test_completed_appointment_records_encounter(
     publish(kafka_bootstrap, later, key=patient_id, source="hin://appointments")
 
     summary = await wait_for_summary(
-        records_server,
+        events_server,
         patient_id,
         lambda s: any(e.appointment_id == "appt-ev-2" for e in s.encounters),
     )

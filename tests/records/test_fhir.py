@@ -19,9 +19,13 @@ from fhir.resources.R4B.bundle import Bundle
 
 from hin.common.v1 import fhir_pb2
 from hin.records.v1 import records_service_pb2 as pb
-from hin.records.v1 import records_service_pb2_grpc as pb_grpc
 
-from .conftest import RecordsServer, bearer, start_records
+from .conftest import (
+    STOP_GRACE_SECONDS,
+    RecordsServer,
+    records_client,
+    start_records,
+)
 
 IMPORTED = fhir_pb2.FHIR_IMPORT_STATUS_IMPORTED
 DUPLICATE = fhir_pb2.FHIR_IMPORT_STATUS_DUPLICATE
@@ -73,15 +77,7 @@ async def imported(
     """Records with every Synthea bundle imported twice; per-round outcomes."""
     state = tmp_path_factory.mktemp("records-fhir")
     host, channel = await start_records(state, kafka_bootstrap)
-    server = RecordsServer(
-        host=host,
-        stub=pb_grpc.RecordsServiceStub(channel),
-        state=state,
-        doctor=bearer(state, "dr-1", "doctor"),
-        clerk=bearer(state, "clerk-1", "billing_clerk"),
-        admin=bearer(state, "admin-1", "administrator"),
-        nobody=bearer(state, "nurse-1", "nurse"),
-    )
+    server = records_client(host, channel, state)
     rounds = []
     for _ in range(2):
         counts: Counter[tuple[str, int]] = Counter()
@@ -94,7 +90,7 @@ async def imported(
         rounds.append(counts)
     yield server, rounds, shared_data
     await channel.close()
-    await host.stop(grace=1)
+    await host.stop(grace=STOP_GRACE_SECONDS)
 
 
 @pytest.mark.parametrize("resource_type", RECORDS_TYPES)

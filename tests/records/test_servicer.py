@@ -512,6 +512,29 @@ async def test_clerk_summary_has_no_clinical_data(
     assert len(summary.observations) == 0
 
 
+async def test_summary_without_clinical_role(records_server: RecordsServer) -> None:
+    patient_id = await chart_of_new_patient(records_server)
+    summary = (
+        await records_server.stub.GetPatientSummary(
+            pb.GetPatientSummaryRequest(patient_id=patient_id),
+            metadata=records_server.receptionist,
+        )
+    ).summary
+    assert summary.patient.patient_id == patient_id
+    assert len(summary.encounters) == 0
+    assert len(summary.allergies) == 0
+    assert len(summary.medications) == 0
+
+
+async def test_doctor_cannot_import_bundles(records_server: RecordsServer) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await records_server.stub.ImportFhir(
+            pb.ImportFhirRequest(bundle=b'{"resourceType": "Bundle", "entry": []}'),
+            metadata=records_server.doctor,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_clerk_export_holds_patient_only(records_server: RecordsServer) -> None:
     patient_id = await chart_of_new_patient(records_server)
     response = await records_server.stub.ExportPatient(

@@ -22,7 +22,7 @@ import logging
 from collections.abc import Sequence
 
 import grpc
-from opentelemetry import propagate
+from opentelemetry import propagate, trace
 
 from hin.authz.v1 import authz_service_pb2 as pb
 from hin.authz.v1 import authz_service_pb2_grpc as pb_grpc
@@ -59,6 +59,16 @@ def subject_from_principal(principal: Principal) -> pb.Subject:
         patient_id=principal.patient_id,
         service_name=principal.service_name,
     )
+
+
+def current_method() -> str:
+    """Return the gRPC method being served, such as "/hin.x.v1.XService/Get".
+
+    The server interceptor names its span after the method, so the current
+    span's name is the method; outside a server call this returns "".
+    """
+    name = getattr(trace.get_current_span(), "name", "")
+    return f"/{name}" if isinstance(name, str) and "/" in name else ""
 
 
 class RemoteAuthorizer:
@@ -119,6 +129,7 @@ class RemoteAuthorizer:
             purpose=purpose,  # type: ignore[arg-type]
             organization_id=organization_id,
             trace_id=current_trace_id(),
+            method=current_method(),
         )
         try:
             response = await self._get_stub().Check(
@@ -151,6 +162,7 @@ class RemoteAuthorizer:
             purpose=purpose,  # type: ignore[arg-type]
             organization_id=organization_id,
             trace_id=current_trace_id(),
+            method=current_method(),
         )
         try:
             response = await self._get_stub().CheckBatch(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -256,7 +256,12 @@ def authz_settings(state: Path, bootstrap: str, **extra: str) -> ServiceSettings
 
 
 async def start_authz(
-    state: Path, bootstrap: str, *, database_url: str = "", consume: bool = True
+    state: Path,
+    bootstrap: str,
+    *,
+    database_url: str = "",
+    consume: bool = True,
+    environ: Mapping[str, str] | None = None,
 ) -> AuthzHarness:
     """Start an authz service in ``state``; on SQLite unless a URL is given.
 
@@ -271,7 +276,9 @@ async def start_authz(
     def build_without_consumer(ctx: BuildContext) -> ServiceSpec:
         return dataclasses.replace(build(ctx), handlers=())
 
-    extra = {"HIN_DATABASE_URL": database_url} if database_url else {}
+    extra = dict(environ or {})
+    if database_url:
+        extra["HIN_DATABASE_URL"] = database_url
     host = ServiceHost(
         settings=authz_settings(state, bootstrap, **extra),
         build=build if consume else build_without_consumer,

@@ -292,6 +292,8 @@ async def test_rs256_token_is_accepted(authz: AuthzHarness, guarded: Guarded) ->
     assert code == grpc.StatusCode.OK
     assert [row.subject for row in rows] == ["e-dr"]
     assert rows[0].decision == "ALLOW"
+    assert rows[0].method == "/hin.echo.v1.EchoService/Echo"
+    assert rows[0].calling_service == "records"
 
 
 async def test_rs256_wrong_audience_rejected(

@@ -1,12 +1,14 @@
 """Access decisions through AuthzService.Check, one row per hand-written case.
 
-The world: two hospitals, hosp-a and hosp-b. Expected decisions follow the
-rules stated in svc_authz/domain/policy.py, worked out by hand per row:
-a role must permit the action; clinicians need an open care relationship;
-front-office staff reach their own hospital's patients; data held by another
-hospital needs a consent for the caller's hospital and purpose; research
-needs a consent naming research; reads by roles without clinical read
-permission are redacted.
+The world has two hospitals, hosp-a and hosp-b. Each row's expected decision
+was worked out by hand from the rules in svc_authz/domain/policy.py:
+
+- a role must permit the action;
+- clinicians need an open care relationship;
+- front-office staff reach their own hospital's patients;
+- data held by another hospital needs a consent for the caller's hospital
+  and purpose, and research needs a consent that names research;
+- reads by roles without clinical read permission are redacted.
 """
 
 from __future__ import annotations

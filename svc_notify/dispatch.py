@@ -41,6 +41,14 @@ from svc_notify.tables import IntentRow, NotificationRow
 logger = logging.getLogger(__name__)
 
 READ_ACTION = "notify.notification.read"
+#: Kinds whose recipient must act; when they may not be told, the alert moves
+#: to the next level without waiting for the escalation delay.
+CRITICAL_KINDS = frozenset(
+    {
+        pb.NOTIFICATION_KIND_CRITICAL_RESULT,
+        pb.NOTIFICATION_KIND_CRITICAL_RESULT_ESCALATED,
+    }
+)
 #: Intents handled per database round.
 BATCH_SIZE = 50
 
@@ -206,7 +214,20 @@ class Dispatcher:
             notified=[str(r) for r in verdicts.allowed],
             denied=[str(r) for r in verdicts.denied],
         )
+        if verdicts.denied and not verdicts.allowed and intent.kind in CRITICAL_KINDS:
+            self._escalate_now(session, intent, now)
         return created
+
+    def _escalate_now(self, session: Session, intent: IntentRow, now: datetime) -> None:
+        """Make the alert of a critical result due, because no one could be told."""
+        result_id = json.loads(intent.attributes).get("result_id", "")
+        for alert in store.open_alerts_of_result(session, result_id):
+            alert.next_due_at = now
+            logger.warning(
+                "critical result recipient may not know about the patient; "
+                "escalating at once",
+                extra={"alert_id": alert.alert_id, "level": alert.level},
+            )
 
     def _notify(
         self, session: Session, intent: IntentRow, recipient: str, now: datetime

@@ -7,17 +7,20 @@ import io
 import json
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 
 import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
+from hin.labs.v1 import events_pb2 as labs
 from hin.notify.v1 import events_pb2 as events
 from hin.notify.v1 import notify_service_pb2 as pb
 from hin.notify.v1 import notify_service_pb2_grpc as pb_grpc
 from mesh.network.cli.notify import recipient_metadata, watch
-from svc_notify import store
+from mesh.runtime.events import Outbox
+from svc_notify import escalation, store
 from svc_notify.tables import IntentRow
 from tests.notify.conftest import (
     ConsentAuthorizer,
@@ -561,3 +564,66 @@ async def test_channel_preferences_choose_deliveries(net, stub) -> None:
         events.CHANNEL_IN_APP,
         events.CHANNEL_EMAIL,
     ]
+
+
+async def test_denied_critical_recipient_escalates_at_once(net, stub) -> None:
+    org = f"org-{uuid.uuid4().hex[:6]}"
+    ordering, covering = f"p-{uuid.uuid4().hex[:6]}", f"p-{uuid.uuid4().hex[:6]}"
+    await stub.SetOnCallRoster(
+        pb.SetOnCallRosterRequest(
+            roster=pb.OnCallRoster(
+                organization_id=org, on_call_practitioner_ids=[ordering, covering]
+            )
+        ),
+        metadata=net.metadata(roles=["administrator"], organization_id=org),
+    )
+    net.authorizer.denied.add((f"practitioner:{ordering}", "pat-critical"))
+    result = labs.TestResult(
+        result_id=f"res-{uuid.uuid4().hex[:6]}",
+        patient_id="pat-critical",
+        ordering_practitioner_id=ordering,
+        critical=True,
+        version=1,
+    )
+
+    def open_alert_and_notify(session: store.Session) -> None:
+        escalation.open_alert(
+            session,
+            outbox=Outbox(service="notify"),
+            result=result,
+            patient_id=result.patient_id,
+            organization_id=org,
+            source_event_id=result.result_id,
+            now=net.clock(),
+            delay=timedelta(seconds=300),
+        )
+        store.add_intents(
+            session,
+            source_event_id=result.result_id,
+            source_event_type="hin.labs.v1.TestResultPublished",
+            intents=[
+                store.NewIntent(
+                    recipient=f"practitioner:{ordering}",
+                    kind=pb.NOTIFICATION_KIND_CRITICAL_RESULT,
+                    priority=pb.NOTIFICATION_PRIORITY_URGENT,
+                    patient_id=result.patient_id,
+                    organization_id=org,
+                    attributes={"result_id": result.result_id},
+                )
+            ],
+            now=net.clock(),
+        )
+
+    await net.host.db.run(open_alert_and_notify)
+
+    # The escalation delay of this module is 300 s; the covering clinician is
+    # told without it because the ordering clinician may not be.
+    [escalated] = await read_stream(
+        stub,
+        pb.SubscribeRequest(recipient=f"practitioner:{covering}"),
+        net.metadata(roles=["doctor"], practitioner_id=covering),
+        1,
+    )
+    assert escalated.kind == pb.NOTIFICATION_KIND_CRITICAL_RESULT_ESCALATED
+    assert escalated.attributes["result_id"] == result.result_id
+    assert escalated.attributes["level"] == "1"

@@ -181,7 +181,8 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 self._outbox.add(
                     session,
                     events_pb2.PatientRecordUpdated(
-                        patient=records.snapshot(row), changed_fields=changed
+                        patient=records.snapshot(row),
+                        changed_fields=rules.snapshot_fields(changed),
                     ),
                     key=row.patient_id,
                     subject=row.patient_id,

@@ -164,6 +164,16 @@ def changed_fields(
     return changed
 
 
+def snapshot_fields(changed: list[str]) -> list[str]:
+    """Map changed demographic fields to the PatientSnapshot fields they touch.
+
+    The snapshot has no addresses, and deceased_at is part of deceased.
+    """
+    names = {"deceased_at": "deceased", "addresses": ""}
+    mapped = [names.get(field, field) for field in changed]
+    return [field for field in dict.fromkeys(mapped) if field]
+
+
 def merge_demographics(
     survivor: pb.PatientDemographics, merged: pb.PatientDemographics
 ) -> pb.PatientDemographics:

@@ -11,6 +11,7 @@ from hin.records.v1 import records_service_pb2 as pb
 from svc_records.domain import matching
 from svc_records.domain.names import normalize_name
 from svc_records.domain.national_id import InvalidNationalId, parse_national_id
+from svc_records.domain.patients import snapshot_fields
 
 
 @pytest.mark.parametrize(
@@ -99,3 +100,8 @@ def test_unrelated_names_are_not_duplicates() -> None:
     left = person("Hesham", "Tawfik", types_pb2.GENDER_MALE, "1990-01-01")
     right = person("Bassem", "Kamal", types_pb2.GENDER_MALE, "1990-01-01")
     assert not matching.is_possible_duplicate(matching.score_match(left, right))
+
+
+def test_snapshot_fields_fold_deceased_time() -> None:
+    changed = ["deceased", "deceased_at", "addresses", "telecom"]
+    assert snapshot_fields(changed) == ["deceased", "telecom"]

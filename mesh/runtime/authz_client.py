@@ -3,7 +3,7 @@
 ``mesh.runtime.server.make_authorizer`` builds a ``RemoteAuthorizer`` when
 ``HIN_AUTHZ_ADDRESS`` is set. Every ``authorize()`` then becomes one
 ``AuthzService.Check`` call, and svc_authz commits the decision's audit record
-before it answers, so no decision reaches a caller unaudited.
+before it returns, so no decision reaches a caller unaudited.
 
 Decisions are not cached. Every access needs its audit record committed in
 svc_authz before the calling service answers, which costs this round trip

@@ -27,7 +27,7 @@ from hin.authz.v1 import events_pb2 as events
 from hin.echo.v1 import echo_service_pb2 as echo_pb
 from hin.echo.v1 import echo_service_pb2_grpc as echo_grpc
 from mesh.network.devkeys import mint_token
-from mesh.runtime.authz import authorize
+from mesh.runtime.authz import authorize, authorize_patients
 from mesh.runtime.authz_client import RemoteAuthorizer
 from mesh.runtime.server import BuildContext, ServiceHost, ServiceSpec
 from mesh.runtime.settings import DEFAULT_AUDIENCE, DEFAULT_ISSUER, ServiceSettings
@@ -51,6 +51,8 @@ class GuardedEcho(echo_grpc.EchoServiceServicer):
         self, request: echo_pb.EchoRequest, context: grpc.aio.ServicerContext
     ) -> echo_pb.EchoResponse:
         action, _, patient_id = request.message.partition(" ")
+        if action == "search":
+            return await self._search(patient_id)
         violations = Violations()
         if not patient_id:
             violations.add("message", "must be '<action> <patient id>'")
@@ -63,6 +65,16 @@ class GuardedEcho(echo_grpc.EchoServiceServicer):
                 {"redact": decision.redact_clinical, "audit_id": decision.audit_id}
             )
         )
+
+    async def _search(self, argument: str) -> echo_pb.EchoResponse:
+        # A search returning several patients: each one is decided and only
+        # the allowed ones are returned.
+        action, _, ids = argument.partition(" ")
+        decisions = await authorize_patients(
+            self._authorizer, action=action, patient_ids=ids.split(",")
+        )
+        allowed = [pid for pid, decision in decisions.items() if decision.allowed]
+        return echo_pb.EchoResponse(message=json.dumps({"patients": allowed}))
 
 
 @dataclass
@@ -371,3 +383,19 @@ async def test_other_doctor_denied_without_relationship(
     )
     assert code == grpc.StatusCode.PERMISSION_DENIED
     assert "care relationship" in details
+
+
+async def test_search_keeps_allowed_patients(
+    authz: AuthzHarness, guarded: Guarded
+) -> None:
+    trace_id, code, body = await _call(
+        guarded,
+        "search records.demographics.read e-pa1,e-pa2,e-pb1",
+        authz.token(DOCTOR),
+    )
+    rows = authz.audit_rows(trace_id=trace_id)
+    assert code == grpc.StatusCode.OK
+    # e-pb1 is held by hosp-b; without consent only e-pa1 remains.
+    assert json.loads(body)["patients"] == ["e-pa1"]
+    assert sorted(row.patient_id for row in rows) == ["e-pa1", "e-pa2", "e-pb1"]
+    assert {row.method for row in rows} == {"/hin.echo.v1.EchoService/Echo"}

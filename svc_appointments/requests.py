@@ -218,6 +218,16 @@ def schedule_exception(
     return kind, interval
 
 
+def holiday(request: pb.AddHolidayRequest) -> Interval:
+    v = Violations()
+    require_id(v, request.organization_id, "organization_id")
+    interval = period(v, request.period, "period")
+    check_text(v, request.reason, "reason")
+    v.check()
+    assert interval is not None
+    return interval
+
+
 def find_slots(request: pb.FindSlotsRequest) -> tuple[Interval, int, int]:
     v = Violations()
     require_id(v, request.practitioner_id, "practitioner_id")

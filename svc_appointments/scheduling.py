@@ -281,26 +281,83 @@ class Scheduler:
         idempotency: Idempotency | None,
     ) -> ScheduleChange:
         """Take time out of a schedule; move or cancel the bookings inside it."""
+        _lock_practitioner(session, practitioner_id)
         previous = _replayed(session, idempotency)
         if previous is not None:
             exception = session.get_one(ScheduleExceptionRow, previous)
-            schedule = session.get_one(ScheduleRow, exception.practitioner_id)
-            return ScheduleChange(
-                schedule=schedule,
-                exceptions=_future_exceptions(session, practitioner_id, self._clock()),
-                exception=exception,
-            )
-        _lock_practitioner(session, practitioner_id)
+            return self._replay_exception(session, exception)
         schedule = get_schedule(session, practitioner_id)
 
+        change = self._add_exception(
+            session, schedule, kind=kind, period=period, reason=reason, holiday_id=""
+        )
+        assert change.exception is not None
+        _remember(session, idempotency, change.exception.id, self._clock())
+        return change
+
+    def add_holiday(
+        self,
+        session: Session,
+        *,
+        organization_id: str,
+        period: Interval,
+        reason: str,
+        idempotency: Idempotency | None,
+    ) -> list[ScheduleChange]:
+        """Add a holiday to every schedule of an organization, in one transaction.
+
+        Practitioners are locked in id order, the order every other writer
+        that locks several practitioners uses.
+        """
+        previous = _replayed(session, idempotency)
+        if previous is not None:
+            return [
+                self._replay_exception(session, exception)
+                for exception in store.exceptions_of_holiday(session, previous)
+            ]
+        holiday_id = new_id()
+        changes = []
+        for schedule in store.schedules_of_organization(session, organization_id):
+            _lock_practitioner(session, schedule.practitioner_id)
+            session.refresh(schedule)
+            changes.append(
+                self._add_exception(
+                    session,
+                    schedule,
+                    kind=ScheduleExceptionKind.HOLIDAY,
+                    period=period,
+                    reason=reason,
+                    holiday_id=holiday_id,
+                )
+            )
+        _remember(session, idempotency, holiday_id, self._clock())
+        return changes
+
+    def _add_exception(
+        self,
+        session: Session,
+        schedule: ScheduleRow,
+        *,
+        kind: ScheduleExceptionKind,
+        period: Interval,
+        reason: str,
+        holiday_id: str,
+    ) -> ScheduleChange:
+        """Save one exception, then move or cancel the bookings it displaces.
+
+        The caller holds the practitioner's row lock.
+        """
         now = self._clock()
         exception = ScheduleExceptionRow(
             id=new_id(),
-            practitioner_id=practitioner_id,
+            practitioner_id=schedule.practitioner_id,
             kind=str(kind),
             start_at=period.start,
             end_at=period.end,
             reason=reason,
+            holiday_id=holiday_id,
+            rescheduled_ids=[],
+            cancelled_ids=[],
             created_at=now,
         )
         session.add(exception)
@@ -312,9 +369,31 @@ class Scheduler:
         self._apply_availability_change(
             session, change, unavailable=[period], reason=reason or str(kind)
         )
-        change.exceptions = _future_exceptions(session, practitioner_id, now)
-        _remember(session, idempotency, exception.id, now)
+        # Kept so that a retried call returns the appointments this one moved.
+        exception.rescheduled_ids = [row.id for row in change.rescheduled]
+        exception.cancelled_ids = [row.id for row in change.cancelled]
+        change.exceptions = _future_exceptions(session, schedule.practitioner_id, now)
         return change
+
+    def _replay_exception(
+        self, session: Session, exception: ScheduleExceptionRow
+    ) -> ScheduleChange:
+        """Rebuild the result of the call that added ``exception``."""
+        return ScheduleChange(
+            schedule=session.get_one(ScheduleRow, exception.practitioner_id),
+            exceptions=_future_exceptions(
+                session, exception.practitioner_id, self._clock()
+            ),
+            exception=exception,
+            rescheduled=[
+                session.get_one(AppointmentRow, appointment_id)
+                for appointment_id in exception.rescheduled_ids
+            ],
+            cancelled=[
+                session.get_one(AppointmentRow, appointment_id)
+                for appointment_id in exception.cancelled_ids
+            ],
+        )
 
     def _apply_availability_change(
         self,

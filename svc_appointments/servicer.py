@@ -222,6 +222,26 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
             cancelled=_appointments(change.cancelled),
         )
 
+    async def AddHoliday(
+        self, request: pb.AddHolidayRequest, context: grpc.aio.ServicerContext
+    ) -> pb.AddHolidayResponse:
+        period = requests.holiday(request)
+        await authorize(
+            self._authorizer, action=WRITE, organization_id=request.organization_id
+        )
+        changes: list[ScheduleChange] = await self._run(
+            self._scheduler.add_holiday,
+            organization_id=request.organization_id,
+            period=period,
+            reason=request.reason,
+            idempotency=requests.idempotency("AddHoliday", request),
+        )
+        return pb.AddHolidayResponse(
+            practitioner_ids=[c.schedule.practitioner_id for c in changes],
+            rescheduled=[a for c in changes for a in _appointments(c.rescheduled)],
+            cancelled=[a for c in changes for a in _appointments(c.cancelled)],
+        )
+
     async def FindSlots(
         self, request: pb.FindSlotsRequest, context: grpc.aio.ServicerContext
     ) -> pb.FindSlotsResponse:

@@ -138,6 +138,11 @@ class ScheduleExceptionRow(AppointmentsBase, table=True):
     start_at: datetime = _time()
     end_at: datetime = _time()
     reason: str = Field(default="", max_length=1000)
+    #: Id shared by the exceptions of one organization-wide holiday.
+    holiday_id: str = Field(default="", max_length=64, index=True)
+    #: Appointments the exception moved or cancelled when it was added.
+    rescheduled_ids: list[str] = _json()
+    cancelled_ids: list[str] = _json()
     created_at: datetime = _time()
 
 
@@ -304,6 +309,29 @@ def exceptions_overlapping(
         col(ScheduleExceptionRow.end_at) > window.start,
     )
     return list(session.exec(statement.order_by(col(ScheduleExceptionRow.start_at))))
+
+
+def schedules_of_organization(
+    session: Session, organization_id: str
+) -> list[ScheduleRow]:
+    """Return the organization's schedules ordered by practitioner id."""
+    statement = (
+        select(ScheduleRow)
+        .where(ScheduleRow.organization_id == organization_id)
+        .order_by(col(ScheduleRow.practitioner_id))
+    )
+    return list(session.exec(statement))
+
+
+def exceptions_of_holiday(
+    session: Session, holiday_id: str
+) -> list[ScheduleExceptionRow]:
+    statement = (
+        select(ScheduleExceptionRow)
+        .where(ScheduleExceptionRow.holiday_id == holiday_id)
+        .order_by(col(ScheduleExceptionRow.practitioner_id))
+    )
+    return list(session.exec(statement))
 
 
 def active_appointments(

@@ -163,6 +163,7 @@ async def new_practitioner(
     running: Running,
     npi: str,
     rules: Sequence[pb.WeeklyRule] | None = None,
+    organization_id: str = "org-1",
 ) -> str:
     """Register a practitioner with a weekly schedule; return its id."""
     response = await running.stub.RegisterPractitioner(
@@ -171,7 +172,7 @@ async def new_practitioner(
                 types_pb2.Identifier(system="http://hl7.org/fhir/sid/us-npi", value=npi)
             ],
             names=[types_pb2.HumanName(family="Test", given=["Practitioner"])],
-            organization_id="org-1",
+            organization_id=organization_id,
         ),
         metadata=running.scheduler_auth,
     )

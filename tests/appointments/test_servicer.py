@@ -631,3 +631,75 @@ async def test_overlapping_rules_named_by_request_index(service: Running) -> Non
         await service.stub.SetWeeklySchedule(request, metadata=service.scheduler_auth)
 
     assert violated_fields(caught.value) == {"rules[0].start_time", "rules[2]"}
+
+
+async def test_holiday_moves_bookings_of_organization(service: Running) -> None:
+    first_id = await new_practitioner(service, "1000000019", organization_id="org-eid")
+    second_id = await new_practitioner(service, "1000000020", organization_id="org-eid")
+    other_id = await new_practitioner(service, "1000000021", organization_id="org-2")
+    service.register_patients("patient-eid-1", "patient-eid-2", "patient-eid-3")
+    for patient_id, practitioner_id in (
+        ("patient-eid-1", first_id),
+        ("patient-eid-2", second_id),
+        ("patient-eid-3", other_id),
+    ):
+        await service.stub.Book(
+            book_request(patient_id, practitioner_id, 9, 0),
+            metadata=service.scheduler_auth,
+        )
+    monday = next_weekday(MONDAY)
+    request = pb.AddHolidayRequest(
+        idempotency_key="eid-holiday",
+        organization_id="org-eid",
+        period=period(cairo(monday, 0, 0), cairo(monday + timedelta(days=1), 0, 0)),
+        reason="Eid al-Fitr",
+    )
+
+    first = await service.stub.AddHoliday(request, metadata=service.scheduler_auth)
+    retried = await service.stub.AddHoliday(request, metadata=service.scheduler_auth)
+
+    assert sorted(first.practitioner_ids) == sorted([first_id, second_id])
+    assert sorted(a.patient_id for a in first.rescheduled) == [
+        "patient-eid-1",
+        "patient-eid-2",
+    ]
+    # The schedules cover Mondays and Tuesdays, so each visit moves to 09:00
+    # on the Tuesday after the holiday, its first free slot.
+    tuesday = cairo(monday + timedelta(days=1), 9, 0)
+    assert {a.period.start.ToSeconds() for a in first.rescheduled} == {
+        int(tuesday.timestamp())
+    }
+    assert list(retried.practitioner_ids) == list(first.practitioner_ids)
+    assert [a.appointment_id for a in retried.rescheduled] == [
+        a.appointment_id for a in first.rescheduled
+    ]
+
+
+async def test_exception_retry_returns_moved_bookings(service: Running) -> None:
+    practitioner_id = await new_practitioner(service, "1000000022")
+    service.register_patients("patient-retry-leave-1")
+    await service.stub.Book(
+        book_request("patient-retry-leave-1", practitioner_id, 9, 0),
+        metadata=service.scheduler_auth,
+    )
+    monday = next_weekday(MONDAY)
+    request = pb.AddScheduleExceptionRequest(
+        idempotency_key="leave-retry-1",
+        practitioner_id=practitioner_id,
+        kind=pb.SCHEDULE_EXCEPTION_KIND_LEAVE,
+        period=period(cairo(monday, 8, 0), cairo(monday, 10, 0)),
+    )
+
+    first = await service.stub.AddScheduleException(
+        request, metadata=service.scheduler_auth
+    )
+    retried = await service.stub.AddScheduleException(
+        request, metadata=service.scheduler_auth
+    )
+
+    assert retried.exception.exception_id == first.exception.exception_id
+    assert len(first.rescheduled) == 1
+    assert [a.appointment_id for a in retried.rescheduled] == [
+        first.rescheduled[0].appointment_id
+    ]
+    assert len(retried.schedule.exceptions) == 1

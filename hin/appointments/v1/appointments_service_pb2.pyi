@@ -863,6 +863,67 @@ class AddScheduleExceptionResponse(_message.Message):
 Global___AddScheduleExceptionResponse: _TypeAlias = AddScheduleExceptionResponse  # noqa: Y015
 
 @_typing.final
+class AddHolidayRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _builtins.int
+    ORGANIZATION_ID_FIELD_NUMBER: _builtins.int
+    PERIOD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    idempotency_key: _builtins.str
+    organization_id: _builtins.str
+    reason: _builtins.str
+    @_builtins.property
+    def period(self) -> _types_pb2.Period:
+        """Closed time; start and end are required."""
+
+    def __init__(
+        self,
+        *,
+        idempotency_key: _builtins.str = ...,
+        organization_id: _builtins.str = ...,
+        period: _types_pb2.Period | None = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["period", b"period"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["idempotency_key", b"idempotency_key", "organization_id", b"organization_id", "period", b"period", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddHolidayRequest: _TypeAlias = AddHolidayRequest  # noqa: Y015
+
+@_typing.final
+class AddHolidayResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRACTITIONER_IDS_FIELD_NUMBER: _builtins.int
+    RESCHEDULED_FIELD_NUMBER: _builtins.int
+    CANCELLED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def practitioner_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Practitioners whose schedules got the holiday."""
+
+    @_builtins.property
+    def rescheduled(self) -> _containers.RepeatedCompositeFieldContainer[Global___Appointment]: ...
+    @_builtins.property
+    def cancelled(self) -> _containers.RepeatedCompositeFieldContainer[Global___Appointment]: ...
+    def __init__(
+        self,
+        *,
+        practitioner_ids: _abc.Iterable[_builtins.str] | None = ...,
+        rescheduled: _abc.Iterable[Global___Appointment] | None = ...,
+        cancelled: _abc.Iterable[Global___Appointment] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cancelled", b"cancelled", "practitioner_ids", b"practitioner_ids", "rescheduled", b"rescheduled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AddHolidayResponse: _TypeAlias = AddHolidayResponse  # noqa: Y015
+
+@_typing.final
 class FindSlotsRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 

@@ -75,6 +75,11 @@ class AppointmentsServiceStub:
                 request_serializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionRequest.SerializeToString,
                 response_deserializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionResponse.FromString,
                 _registered_method=True)
+        self.AddHoliday = channel.unary_unary(
+                '/hin.appointments.v1.AppointmentsService/AddHoliday',
+                request_serializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayRequest.SerializeToString,
+                response_deserializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayResponse.FromString,
+                _registered_method=True)
         self.FindSlots = channel.unary_unary(
                 '/hin.appointments.v1.AppointmentsService/FindSlots',
                 request_serializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.FindSlotsRequest.SerializeToString,
@@ -196,6 +201,15 @@ class AppointmentsServiceServicer:
         """Add a leave or holiday. Booked appointments inside it move to the
         practitioner's next free slot within the configured window, or are
         cancelled; PractitionerAvailabilityChanged names them all.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def AddHoliday(self, request, context):
+        """Add a holiday to every practitioner whose weekly schedule belongs to the
+        organization. It has the effect of one AddScheduleException per
+        practitioner, all in one transaction.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -326,6 +340,11 @@ def add_AppointmentsServiceServicer_to_server(servicer, server):
                     servicer.AddScheduleException,
                     request_deserializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionRequest.FromString,
                     response_serializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionResponse.SerializeToString,
+            ),
+            'AddHoliday': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddHoliday,
+                    request_deserializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayRequest.FromString,
+                    response_serializer=hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayResponse.SerializeToString,
             ),
             'FindSlots': grpc.unary_unary_rpc_method_handler(
                     servicer.FindSlots,
@@ -588,6 +607,33 @@ class AppointmentsService:
             '/hin.appointments.v1.AppointmentsService/AddScheduleException',
             hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionRequest.SerializeToString,
             hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddScheduleExceptionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddHoliday(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/hin.appointments.v1.AppointmentsService/AddHoliday',
+            hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayRequest.SerializeToString,
+            hin_dot_appointments_dot_v1_dot_appointments__service__pb2.AddHolidayResponse.FromString,
             options,
             channel_credentials,
             insecure,

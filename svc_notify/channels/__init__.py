@@ -28,7 +28,7 @@ class OutgoingMessage:
 
 
 class DeliveryError(Exception):
-    """A send failed; ``permanent`` says whether a retry can help."""
+    """A send failed; ``permanent`` is True when a retry cannot help."""
 
     def __init__(self, message: str, *, permanent: bool = False) -> None:
         super().__init__(message)

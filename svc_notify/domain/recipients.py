@@ -8,8 +8,8 @@ from enum import Enum
 
 from mesh.runtime.principal import Principal, PrincipalKind
 
-#: Role that a practitioner recipient is checked with. svc_authz grants the
-#: notification read action to clinicians through this role.
+#: Role that a practitioner recipient is checked with; svc_authz permits
+#: doctors to read notifications.
 PRACTITIONER_ROLE = "doctor"
 PATIENT_ROLE = "patient"
 #: Role name of the on-call staff; role:on_call@<org> resolves through the
@@ -82,7 +82,7 @@ def parse_recipient(text: str) -> Recipient:
 
 
 def recipient_principal(recipient: Recipient, organization_id: str) -> Principal:
-    """Build the principal a recipient is checked as before it is told.
+    """Build the principal that a recipient is checked as before notifying it.
 
     Args:
         recipient: the person or role to be notified.
@@ -114,7 +114,7 @@ def recipient_principal(recipient: Recipient, organization_id: str) -> Principal
 
 
 def may_read_stream(principal: Principal, recipient: Recipient) -> bool:
-    """Tell whether a caller is the recipient, or holds the recipient role."""
+    """Tell whether a caller is the recipient, or has the recipient role."""
     if principal.kind is PrincipalKind.SERVICE:
         return True
     if principal.kind is not PrincipalKind.PERSON:

@@ -1,4 +1,4 @@
-"""Who is told what about each consumed event.
+"""Recipients and texts of the notifications that each consumed event causes.
 
 Each ``plan_*`` function turns one event into the notifications it causes,
 without touching storage. Role recipients are expanded to people later, when

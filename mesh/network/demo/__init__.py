@@ -1,0 +1,1 @@
+"""``hin demo``: run the network on the sample data and walk a hospital day."""

@@ -104,10 +104,10 @@ def find_price(entries: Iterable[PriceEntry], day: dt.date) -> PriceEntry | None
 
 @dataclass(frozen=True)
 class CoverageTerms:
-    """What a policy leaves to the patient on one invoice.
+    """Policy terms that decide the patient's part of one invoice.
 
-    ``coverage_basis_points`` of the amount left after deductible and
-    co-payment goes to the payer; the patient pays the rest.
+    The payer pays ``coverage_basis_points`` of the amount left after the
+    deductible and the co-payment, and the patient pays the rest.
     """
 
     coverage_basis_points: int
@@ -265,9 +265,10 @@ def adjudicate_by_plan(
 ) -> AdjudicationResult:
     """Adjudicate a claim by its policy's rules, as a payer would.
 
-    Lines of a coding system the plan does not cover are denied; a claim for
-    a service outside the policy's validity or with a wrong member id is
-    denied as a whole; approved amounts stop at the remaining benefit limit.
+    A claim for a service outside the policy's validity, or with a wrong
+    member id, is denied as a whole. Lines of a coding system the plan does
+    not cover are denied. Approved amounts stop at the remaining benefit
+    limit.
     """
     if submission.member_id != policy.member_id:
         return AdjudicationResult(

@@ -1,10 +1,11 @@
 """Import FHIR R4 Coverage, Claim and ExplanationOfBenefit resources.
 
 Claims import as historical claims and each ExplanationOfBenefit as the
-adjudication of the claim it names. FHIR amounts are JSON decimals: the bundle
-is parsed with ``Decimal`` for every number, and each amount is converted to
-minor units by ``domain.decimal_to_minor_units`` (half up to the cent); the
-exact text is kept next to it. The currency is kept as the bundle gives it.
+adjudication of the claim it names. FHIR amounts are JSON decimals, so the
+bundle is parsed with ``Decimal`` for every number. Each amount is converted
+to minor units by ``domain.decimal_to_minor_units`` (half up to the cent), and
+the exact text is stored next to it. The currency is kept as the bundle gives
+it.
 Every imported row carries its source id under a unique constraint, so the
 same bundle imported twice changes nothing.
 """
@@ -122,6 +123,14 @@ class Importer:
         except (KeyError, TypeError, ValueError, ArithmeticError) as exc:
             outcome.status = REJECTED
             outcome.reason = str(exc) or type(exc).__name__
+            logger.warning(
+                "fhir resource rejected",
+                extra={
+                    "resource_type": entry.resource_type,
+                    "source_id": entry.source_id,
+                    "error": outcome.reason,
+                },
+            )
             return outcome
         outcome.status = status
         outcome.assigned_id = assigned

@@ -135,8 +135,8 @@ def build_handlers(outbox: OutboxWriter) -> list[Handler]:
     def on_result_corrected(
         session: Session, event: labs.TestResultCorrected, envelope: Any
     ) -> None:
-        # A correction changes the value, not the test performed: the charge
-        # of the original TestResultPublished stands and nothing new is posted.
+        # A correction changes the value, not the test performed. The charge
+        # of the original TestResultPublished remains and nothing is posted.
         return
 
     return [
@@ -154,8 +154,8 @@ def bind(
 ) -> Handler[E]:
     """Wrap ``fn`` so it receives the consumer's session as a SQLModel session.
 
-    ``Database.transaction`` opens SQLModel sessions, so the check only fails
-    if the consumer changes how it opens transactions.
+    The consumer opens its sessions with ``Database.transaction``, which
+    creates SQLModel sessions; the wrapper raises TypeError if that changes.
     """
 
     def call(session: OrmSession, event: E, envelope: Envelope) -> None:

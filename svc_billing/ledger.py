@@ -169,7 +169,7 @@ def add_price(
 
 @dataclass(frozen=True)
 class ChargeInput:
-    """What a charge needs, from a request or from an event."""
+    """Facts of one charge to post, from a request or from an event."""
 
     patient_id: str
     encounter_id: str
@@ -488,7 +488,8 @@ def price_lines(
 ) -> list[domain.LineTotals]:
     """Price covered lines under ``terms`` and the others with no coverage.
 
-    ``covered`` holds each line's amount when the policy covers it, else None.
+    ``covered`` contains each line's amount when the policy covers it, else
+    None.
     """
     covered_amounts = [amount for amount in covered if amount is not None]
     covered_lines = iter(
@@ -528,13 +529,17 @@ def void_invoice(
     """Void an issued invoice with no payments or claims; free its charges."""
     row = load_invoice(session, invoice_id)
     check_version("invoice", invoice_id, row.version, expected_version)
-    if row.status != "issued" or row.patient_paid_minor > 0:
+    payment = session.exec(
+        select(store.PaymentRow).where(store.PaymentRow.invoice_id == invoice_id)
+    ).first()
+    if row.status != "issued" or payment is not None:
         raise InvalidState(
-            f"invoice {invoice_id} is {row.status} with {row.patient_paid_minor} "
-            "minor units paid; only an issued invoice without payments can be "
-            "voided",
+            f"invoice {invoice_id} is {row.status}"
+            + (f" with payment {payment.payment_id}" if payment else "")
+            + "; only an issued invoice without payments can be voided",
             reason="INVOICE_NOT_VOIDABLE",
         )
+
     claim = session.exec(
         select(store.ClaimRow).where(
             store.ClaimRow.invoice_id == invoice_id,
@@ -547,6 +552,7 @@ def void_invoice(
             f"{claim.status}; only an invoice without a live claim can be voided",
             reason="INVOICE_HAS_CLAIM",
         )
+
     for charge in session.exec(
         select(store.ChargeRow).where(store.ChargeRow.invoice_id == invoice_id)
     ):

@@ -1,8 +1,8 @@
-"""Payer seam: where a claim goes for adjudication.
+"""Payer seam: the interface a claim is sent through for adjudication.
 
 A real payer integration (an insurer's claims API) implements ``Payer`` and
-is passed to ``svc_billing.app.make_build``; the default payer adjudicates by
-the plan rules billing holds for the policy.
+is passed to ``svc_billing.app.make_build``. The default payer adjudicates by
+the plan rules that billing stores with the policy.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from svc_billing import domain
 
 
 class Payer(Protocol):
-    """Adjudicate claims; a payer may answer later instead of at once."""
+    """Adjudicate claims, at once or later through RecordAdjudication."""
 
     async def submit(
         self, submission: domain.ClaimSubmission, policy: domain.PolicyTerms

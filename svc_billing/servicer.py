@@ -480,7 +480,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
 
         # Mark the attempt in one transaction, call the payer with no
-        # transaction open, then record its answer in a second transaction.
+        # transaction open, then record its adjudication in a second one.
         submission, terms = await self._db.run(
             lambda s: claims.begin_submission(
                 s,
@@ -722,7 +722,7 @@ async def run_idempotent(db: Database, fn: Callable[[Session], T]) -> T:
     """Run ``fn`` once more when a concurrent retry won the unique constraint.
 
     Two calls with the same idempotency key can both miss the stored row and
-    race to insert it; the loser's transaction fails on the unique key, and
+    race to insert it. The loser's transaction fails on the unique key, so
     its second run finds the winner's row and returns it.
     """
     try:

@@ -29,7 +29,7 @@ PERMISSIONS = {
 
 
 class ScriptedPayer:
-    """Plan-rules payer whose next answers a test can replace."""
+    """Plan-rules payer whose next adjudications a test can queue."""
 
     def __init__(self) -> None:
         self.plan = PlanRulesPayer()

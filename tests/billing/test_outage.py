@@ -51,8 +51,8 @@ class BillingProcess:
             "HIN_JWKS_PATH": str(state / "keys" / "jwks.json"),
             "HIN_LOG_LEVEL": "WARNING",
             "HIN_BILLING_EVENT_MAX_ATTEMPTS": "2",
-            # Its own consumer group, so no consumer of an earlier test holds
-            # partitions of the shared group.
+            # A consumer group of its own, so that no consumer left over from
+            # an earlier test keeps partitions of a shared group.
             "HIN_KAFKA_CONFIG": f"group.id=hin.billing.outage-{uuid.uuid4().hex[:8]}",
         }
         self.process: subprocess.Popen[bytes] | None = None

@@ -576,3 +576,106 @@ async def test_role_without_permission_is_denied(
             pb.ListPatientsRequest(), metadata=records_server.nobody
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_update_of_merged_record_rejected(records_server: RecordsServer) -> None:
+    survivor = await register(
+        records_server, demographics("Ihab", "Nour", birth=(1978, 8, 8))
+    )
+    merged = await register(
+        records_server,
+        demographics("Ihab", "Nour", birth=(1978, 8, 8)),
+        allow_possible_duplicate=True,
+    )
+    await records_server.stub.MergePatients(
+        pb.MergePatientsRequest(
+            surviving_patient_id=survivor.patient.patient_id,
+            merged_patient_id=merged.patient.patient_id,
+        ),
+        metadata=records_server.doctor,
+    )
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await records_server.stub.UpdatePatient(
+            pb.UpdatePatientRequest(
+                patient_id=merged.patient.patient_id,
+                expected_version=2,
+                patient=demographics("Ihab", "Nour", birth=(1978, 8, 8)),
+            ),
+            metadata=records_server.doctor,
+        )
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    assert survivor.patient.patient_id in (caught.value.details() or "")
+
+
+async def test_record_retry_returns_first_entry(records_server: RecordsServer) -> None:
+    registered = await register(
+        records_server,
+        demographics("Zeinab", "Rizk", birth=(1979, 9, 9)),
+        allow_possible_duplicate=True,
+    )
+    request = pb.RecordConditionRequest(
+        idempotency_key="condition-zeinab-1",
+        condition=pb.Condition(
+            patient_id=registered.patient.patient_id,
+            code=types_pb2.CodeableConcept(text="Hypertension"),
+        ),
+    )
+    first = await records_server.stub.RecordCondition(
+        request, metadata=records_server.doctor
+    )
+    second = await records_server.stub.RecordCondition(
+        request, metadata=records_server.doctor
+    )
+    summary = await records_server.stub.GetPatientSummary(
+        pb.GetPatientSummaryRequest(patient_id=registered.patient.patient_id),
+        metadata=records_server.doctor,
+    )
+    assert second.condition.condition_id == first.condition.condition_id
+    assert len(summary.summary.conditions) == 1
+
+
+async def test_import_resolves_patient_reference(
+    records_server: RecordsServer,
+) -> None:
+    registered = await register(
+        records_server,
+        demographics("Marwa", "Saad", birth=(1982, 2, 2)),
+        allow_possible_duplicate=True,
+    )
+    patient_id = registered.patient.patient_id
+    bundle = {
+        "resourceType": "Bundle",
+        "type": "collection",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "AllergyIntolerance",
+                    "id": "allergy-marwa-1",
+                    "patient": {"reference": "urn:uuid:outside-marwa"},
+                    "code": {"text": "Peanuts"},
+                }
+            },
+            {
+                "resource": {
+                    "resourceType": "Condition",
+                    "id": "condition-marwa-1",
+                    "subject": {"reference": f"Patient/{patient_id}"},
+                    "code": {"text": "Migraine"},
+                }
+            },
+        ],
+    }
+    response = await records_server.stub.ImportFhir(
+        pb.ImportFhirRequest(
+            bundle=json.dumps(bundle).encode(),
+            resolved_references={"urn:uuid:outside-marwa": patient_id},
+        ),
+        metadata=records_server.admin,
+    )
+    summary = await records_server.stub.GetPatientSummary(
+        pb.GetPatientSummaryRequest(patient_id=patient_id),
+        metadata=records_server.doctor,
+    )
+    assert [o.reason for o in response.outcomes] == ["", ""]
+    assert [a.code.text for a in summary.summary.allergies] == ["Peanuts"]
+    assert [c.code.text for c in summary.summary.conditions] == ["Migraine"]

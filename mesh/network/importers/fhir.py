@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import re
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -40,6 +41,9 @@ DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 
 #: Seconds one ImportFhir call may take before it is abandoned.
 CALL_TIMEOUT_SECONDS = 300.0
+
+#: A Patient resource anywhere in a bundle file's bytes.
+_PATIENT_RESOURCE = re.compile(rb'"resourceType"\s*:\s*"Patient"')
 
 _STATUS_NAMES = {
     fhir_pb2.FHIR_IMPORT_STATUS_IMPORTED: "imported",
@@ -206,11 +210,11 @@ class ImportSummary:
 
 
 def bundle_files(paths: Iterable[Path]) -> list[Path]:
-    """Expand folders to their *.json files, directory bundles first.
+    """Expand folders to their *.json files, bundles without a Patient first.
 
-    Bundles of only Practitioners and Organizations (Synthea's
-    practitionerInformation and hospitalInformation files) go first, because
-    patient bundles may reference their entries conditionally.
+    Bundles without a Patient, such as Synthea's practitionerInformation and
+    hospitalInformation files of Practitioners and Organizations, go first
+    because patient bundles may reference their entries conditionally.
     """
     files: list[Path] = []
     for path in paths:
@@ -218,12 +222,14 @@ def bundle_files(paths: Iterable[Path]) -> list[Path]:
             files.extend(sorted(path.glob("*.json")))
         else:
             files.append(path)
-    return sorted(files, key=lambda f: (not _is_directory_bundle(f), str(f)))
+    return sorted(files, key=lambda f: (_has_patient(f), str(f)))
 
 
-def _is_directory_bundle(path: Path) -> bool:
-    name = path.name
-    return name.startswith(("practitionerInformation", "hospitalInformation"))
+def _has_patient(path: Path) -> bool:
+    try:
+        return _PATIENT_RESOURCE.search(path.read_bytes()) is not None
+    except OSError:
+        return True  # import_file reports the unreadable file in its turn
 
 
 class FhirImporter:

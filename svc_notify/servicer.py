@@ -195,11 +195,6 @@ class NotifyServicer(pb_grpc.NotifyServiceServicer):
             recipient = validation.check_recipient(
                 violations, request.recipient, "recipient"
             )
-        elif not request.notification_id and not request.source_event_id:
-            violations.add(
-                "recipient",
-                "give recipient, notification_id or source_event_id to filter by",
-            )
         validation.check_page(violations, request.page)
         offset = self._page_position(violations, request.page.page_token) or 0
         violations.check()

@@ -741,7 +741,10 @@ Global___Delivery: _TypeAlias = Delivery  # noqa: Y015
 
 @_typing.final
 class ListDeliveriesRequest(_message.Message):
-    """Request of ListDeliveries. At least one filter is required."""
+    """Request of ListDeliveries. Filters that are set must all match. A recipient
+    may list their own deliveries; any other listing, including one with no
+    filter at all, needs notify.admin.read.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 

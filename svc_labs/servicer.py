@@ -243,6 +243,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
 
         def correct(session: Session) -> pb.CorrectResultResponse:
             current = _load_result(session, request.result_id)
+            _require_patient(current)
             _check_version(request.expected_version, current.version, current.result_id)
             corrected = events.TestResult()
             corrected.CopyFrom(current)
@@ -293,6 +294,7 @@ class LabsServicer(pb_grpc.LabsServiceServicer):
 
         def acknowledge(session: Session) -> pb.AcknowledgeCriticalResultResponse:
             current = _load_result(session, request.result_id)
+            _require_patient(current)
             if not current.critical:
                 raise ResultNotCritical(
                     f"result {current.result_id} is not critical; only critical "
@@ -446,6 +448,15 @@ def _require_caller() -> None:
     if current_principal().kind is PrincipalKind.ANONYMOUS:
         raise Unauthenticated(
             "this call needs a bearer token", reason="MISSING_CREDENTIALS"
+        )
+
+
+def _require_patient(result: events.TestResult) -> None:
+    if not result.patient_id:
+        raise ResultWithoutPatient(
+            f"result {result.result_id} waits in the unmatched worklist and has no "
+            "patient yet; link its worklist item first",
+            reason="RESULT_WITHOUT_PATIENT",
         )
 
 

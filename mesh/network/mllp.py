@@ -1,103 +1,92 @@
-"""MLLP client: send HL7 v2 messages to a listener and read each ACK.
+"""Blocking MLLP client: send HL7 v2 messages and read their ACKs.
 
-MLLP (HL7 v2 Minimal Lower Layer Protocol) frames a message as
-``0x0B <message> 0x1C 0x0D``; the listener answers each frame with one ACK
-frame on the same connection.
+``hin labs send-hl7`` and the importers use it to feed the labs listener.
+It speaks MLLP framing only (0x0B, message, 0x1C 0x0D) and knows nothing of
+svc_labs beyond the ACK format.
 """
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterable
+import socket
 from dataclasses import dataclass
 
 START_BLOCK = b"\x0b"
 END_BLOCK = b"\x1c\x0d"
+#: Largest ACK accepted from the listener, in bytes.
+MAX_ACK_BYTES = 64 * 1024
 
 
 class MllpError(Exception):
-    """The connection closed or timed out before an ACK arrived."""
+    """The listener closed the connection or sent something that is not an ACK."""
 
 
 @dataclass(frozen=True)
-class Acknowledgement:
-    """One ACK: its raw bytes and the MSA-1 code (AA, AE, AR, CA, CE, CR)."""
+class Acknowledgment:
+    """MSA-1 code, MSA-2 control id and ERR-8 text of one ACK."""
 
-    raw: bytes
     code: str
-    #: Text of ERR-8 or MSA-3 when the message was not accepted.
-    text: str
+    control_id: str
+    error: str
+    raw: bytes
 
 
-def frame(message: bytes) -> bytes:
-    """Wrap one HL7 message in MLLP start and end blocks."""
-    return START_BLOCK + message + END_BLOCK
-
-
-def parse_ack(raw: bytes) -> Acknowledgement:
-    """Read MSA-1 and the error text of an ACK; tolerate any terminator."""
-    text = raw.decode("utf-8", errors="replace")
-    segments = [
-        s for s in text.replace("\r\n", "\r").replace("\n", "\r").split("\r") if s
-    ]
-    code, detail = "", ""
-    for segment in segments:
-        separator = segment[3:4] if segment.startswith("MSH") else "|"
-        fields = segment.split(separator)
-        if fields[0] == "MSA" and len(fields) > 1:
-            code = fields[1]
-            if len(fields) > 3 and fields[3]:
-                detail = fields[3]
-        if fields[0] == "ERR" and len(fields) > 8 and fields[8]:
-            detail = fields[8]
-    return Acknowledgement(raw=raw, code=code, text=detail)
+def parse_ack(raw: bytes) -> Acknowledgment:
+    """Read the MSA and ERR segments of an ACK that uses "|" as field separator."""
+    fields: dict[str, list[str]] = {}
+    for segment in (
+        raw.decode("utf-8", errors="replace").replace("\n", "\r").split("\r")
+    ):
+        if segment[:3] in ("MSA", "ERR"):
+            fields.setdefault(segment[:3], segment.split("|"))
+    msa = fields.get("MSA")
+    if msa is None or len(msa) < 2:
+        raise MllpError("the reply has no MSA segment, so it is not an HL7 ACK")
+    err = fields.get("ERR", [])
+    return Acknowledgment(
+        code=msa[1],
+        control_id=msa[2] if len(msa) > 2 else "",
+        error=err[8] if len(err) > 8 else "",
+        raw=raw,
+    )
 
 
 class MllpClient:
-    """One MLLP connection that sends messages in turn and waits for each ACK."""
+    """One MLLP connection; each ``send`` waits for the message's ACK."""
 
     def __init__(self, host: str, port: int, *, timeout: float = 30.0) -> None:
-        self._host = host
-        self._port = port
-        self._timeout = timeout
-        self._reader: asyncio.StreamReader | None = None
-        self._writer: asyncio.StreamWriter | None = None
+        self._socket = socket.create_connection((host, port), timeout=timeout)
+        self._buffer = b""
 
-    async def __aenter__(self) -> MllpClient:
-        self._reader, self._writer = await asyncio.wait_for(
-            asyncio.open_connection(self._host, self._port), self._timeout
-        )
+    @classmethod
+    def connect(cls, address: str, *, timeout: float = 30.0) -> MllpClient:
+        """Connect to ``host:port``."""
+        host, _, port = address.rpartition(":")
+        return cls(host.strip("[]"), int(port), timeout=timeout)
+
+    def send(self, message: bytes) -> Acknowledgment:
+        """Send one message and return its ACK.
+
+        Raises:
+            MllpError: the connection closed before a whole ACK arrived.
+            TimeoutError: no ACK arrived within the timeout.
+        """
+        self._socket.sendall(START_BLOCK + message + END_BLOCK)
+        while END_BLOCK not in self._buffer:
+            chunk = self._socket.recv(65536)
+            if not chunk:
+                raise MllpError("the listener closed the connection before the ACK")
+            self._buffer += chunk
+            if len(self._buffer) > MAX_ACK_BYTES:
+                raise MllpError(f"the ACK is larger than {MAX_ACK_BYTES} bytes")
+        frame, _, self._buffer = self._buffer.partition(END_BLOCK)
+        start = frame.find(START_BLOCK)
+        return parse_ack(frame[start + 1 :] if start >= 0 else frame)
+
+    def close(self) -> None:
+        self._socket.close()
+
+    def __enter__(self) -> MllpClient:
         return self
 
-    async def __aexit__(self, *exc_info: object) -> None:
-        if self._writer is not None:
-            self._writer.close()
-            try:
-                await self._writer.wait_closed()
-            except ConnectionError:
-                pass
-
-    async def send(self, message: bytes) -> Acknowledgement:
-        """Send one message and return its ACK; raise MllpError on failure."""
-        if self._reader is None or self._writer is None:
-            raise MllpError("client is not connected; use 'async with MllpClient(...)'")
-        self._writer.write(frame(message))
-        await self._writer.drain()
-        try:
-            await asyncio.wait_for(self._reader.readuntil(START_BLOCK), self._timeout)
-            body = await asyncio.wait_for(
-                self._reader.readuntil(END_BLOCK), self._timeout
-            )
-        except (asyncio.IncompleteReadError, TimeoutError, ConnectionError) as exc:
-            raise MllpError(
-                f"no ACK from {self._host}:{self._port}: {type(exc).__name__}"
-            ) from exc
-        return parse_ack(body[: -len(END_BLOCK)])
-
-
-async def send_all(
-    host: str, port: int, messages: Iterable[bytes], *, ack_timeout: float = 30.0
-) -> list[Acknowledgement]:
-    """Send messages over one connection, in order, and return their ACKs."""
-    async with MllpClient(host, port, timeout=ack_timeout) as client:
-        return [await client.send(message) for message in messages]
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()

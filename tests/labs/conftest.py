@@ -111,7 +111,10 @@ async def running_labs(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "HIN_GRPC_ADDRESS": "127.0.0.1:0",
         "HIN_DATABASE_URL": database_url,
-        "HIN_KAFKA_CONFIG": "session.timeout.ms=6000,fetch.wait.max.ms=50",
+        # A group per host: a consumer of an earlier module that has not
+        # left the group yet must not take this host's records.
+        "HIN_KAFKA_CONFIG": "session.timeout.ms=6000,fetch.wait.max.ms=50,"
+        f"group.id=hin.labs.test-{uuid.uuid4().hex[:12]}",
         "HIN_LABS_MLLP_ADDRESS": "127.0.0.1:0",
         "HIN_LABS_FACILITY_ZONES": "LAB_NY=America/New_York",
         "HIN_LABS_IDENTIFIER_SYSTEMS": "CAIRO_GH=urn:hin:id:mrn:org-1",

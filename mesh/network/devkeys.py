@@ -70,4 +70,9 @@ def mint_token(
     if patient_id:
         claims["patient_id"] = patient_id
     private_key = serialization.load_pem_private_key(key_path.read_bytes(), None)
+    if not isinstance(private_key, ec.EllipticCurvePrivateKey):
+        raise ValueError(
+            f"{key_path} is not an EC private key; delete it and its JWKS to "
+            "create a new ES256 development key"
+        )
     return jwt.encode(claims, private_key, algorithm="ES256", headers={"kid": kid})

@@ -112,12 +112,19 @@ async def test_consent_events_in_outbox(world: AuthzHarness) -> None:
 
 
 async def test_unknown_consent_not_found(world: AuthzHarness) -> None:
+    trace_id = "9a" * 16
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await world.stub.RevokeConsent(
             pb.RevokeConsentRequest(consent_id="m-missing"),
-            metadata=world.bearer(PATIENT),
+            metadata=(
+                *world.bearer(PATIENT),
+                ("traceparent", f"00-{trace_id}-{'56' * 8}-01"),
+            ),
         )
+    rows = world.audit_rows(trace_id=trace_id)
     assert caught.value.code() == grpc.StatusCode.NOT_FOUND
+    # The transaction was rolled back, so the hook recorded the call instead.
+    assert [(r.decision, r.status_code) for r in rows] == [("NOT_DECIDED", "NOT_FOUND")]
 
 
 async def test_patient_reads_own_access_log(world: AuthzHarness) -> None:

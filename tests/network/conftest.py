@@ -76,7 +76,7 @@ def run_hin(
         text=True,
         timeout=timeout,
         cwd=ROOT,
-        env={**os.environ, "HIN_LOG_LEVEL": "WARNING"},
+        env={**os.environ, "HIN_LOG_LEVEL": "INFO"},
         check=False,
     )
 

@@ -16,6 +16,8 @@ from mesh.network.state import NetworkState, process_alive
 from mesh.network.topology import CallRule, Topology
 from tests.network.conftest import RunningNetwork, stand_in, start_network
 
+pytestmark = pytest.mark.mesh
+
 
 @pytest.fixture(scope="module")
 def small_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
@@ -65,6 +67,19 @@ def test_network_file_has_documented_keys(small_network: RunningNetwork) -> None
     assert set(replica) >= {"address", "sidecar_inbound", "pid", "mllp"}
 
 
+def test_logs_prints_service_log(small_network: RunningNetwork) -> None:
+    result = small_network.hin("logs", "billing", "--lines", "1000")
+    assert result.returncode == 0
+    messages = [json.loads(line)["message"] for line in result.stdout.splitlines()]
+    assert "serving" in messages
+
+
+def test_logs_unknown_service_fails(small_network: RunningNetwork) -> None:
+    result = small_network.hin("logs", "pharmacy")
+    assert result.returncode == 2
+    assert "'pharmacy'" in result.stderr
+
+
 def test_killed_service_shown_down(small_network: RunningNetwork) -> None:
     billing = small_network.state.replica("billing")
     os.kill(billing.pid, signal.SIGKILL)
@@ -98,6 +113,7 @@ def test_down_leaves_no_process(small_network: RunningNetwork) -> None:
     assert [pid for pid in pids if process_alive(pid)] == []
     assert NetworkState.load(small_network.state_dir).status == "stopped"
     assert not Path(state.control_socket).exists()
+    assert status(small_network)["services"]["records"]["state"] == "down"
     host, port = state.kafka_bootstrap.rsplit(":", 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=2).close()

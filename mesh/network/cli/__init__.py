@@ -29,7 +29,16 @@ def build_parser() -> argparse.ArgumentParser:
     for module_info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if module_info.name.startswith("_"):
             continue
-        module = importlib.import_module(f"{__name__}.{module_info.name}")
+        try:
+            module = importlib.import_module(f"{__name__}.{module_info.name}")
+        except ImportError as exc:
+            # One broken subcommand must not take `hin up` and `hin down` with it.
+            print(
+                f"hin: subcommand module {module_info.name!r} failed to import "
+                f"and is unavailable: {exc}",
+                file=sys.stderr,
+            )
+            continue
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)

@@ -19,7 +19,7 @@ from hin.appointments.v1 import appointments_service_pb2_grpc as pb_grpc
 from hin.common.v1 import types_pb2
 from hin.records.v1 import events_pb2 as records_events
 from mesh.network.devkeys import mint_token
-from mesh.runtime.authz import RolePolicyAuthorizer
+from mesh.runtime.authz import Authorizer, RolePolicyAuthorizer
 from mesh.runtime.server import ServiceHost
 from mesh.runtime.settings import ServiceSettings
 from svc_appointments.app import make_build
@@ -77,7 +77,10 @@ class Running:
 
 @asynccontextmanager
 async def running_service(
-    state: Path, bootstrap: str, database_url: str
+    state: Path,
+    bootstrap: str,
+    database_url: str,
+    authorizer: Authorizer | None = None,
 ) -> AsyncIterator[Running]:
     """Start the service on ``database_url`` and stop it on exit."""
     scheduler = mint_token(
@@ -107,7 +110,7 @@ async def running_service(
     host = ServiceHost(
         settings=settings,
         build=make_build(clock),
-        authorizer=RolePolicyAuthorizer(PERMISSIONS),
+        authorizer=authorizer or RolePolicyAuthorizer(PERMISSIONS),
         tracer_provider=TracerProvider(),
     )
     port = await host.start()

@@ -37,6 +37,5 @@ class Spread:
     def render(self, digits: int = 2) -> str:
         """Format as ``median (low-high)``."""
         return (
-            f"{self.median:.{digits}f} "
-            f"({self.low:.{digits}f}-{self.high:.{digits}f})"
+            f"{self.median:.{digits}f} ({self.low:.{digits}f}-{self.high:.{digits}f})"
         )

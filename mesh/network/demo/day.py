@@ -147,8 +147,8 @@ class HospitalDay:
 
     async def run(self) -> DayResult:
         """Run every flow in order; raise DemoFailure when one goes wrong."""
-        staff = await self._set_up_staff()
-        await self._register_and_book(staff)
+        staff = await self.set_up_staff()
+        await self.register_and_book(staff)
         await self._emergency_admission(staff)
         await self._order_and_critical_result(staff)
         await self._complete_and_bill(staff)
@@ -158,7 +158,8 @@ class HospitalDay:
 
     # Staff ------------------------------------------------------------------
 
-    async def _set_up_staff(self) -> dict[str, Any]:
+    async def set_up_staff(self) -> dict[str, Any]:
+        """Register practitioners, a schedule, the on-call roster and tokens."""
         meta = self.admin.metadata()
         staff: dict[str, Any] = {}
         for key, family, given, org, specialty in (
@@ -258,7 +259,8 @@ class HospitalDay:
 
     # Registration and booking --------------------------------------------------
 
-    async def _register_and_book(self, staff: dict[str, Any]) -> None:
+    async def register_and_book(self, staff: dict[str, Any]) -> None:
+        """Register the demo patient and book a visit with the internist."""
         receptionist: Person = staff["people"]["receptionist"]
         trace_id = self._trace("register patient")
         response = await self.records.RegisterPatient(
@@ -384,24 +386,9 @@ class HospitalDay:
     # Lab order, critical result, escalation, acknowledgement ---------------------
 
     async def _order_and_critical_result(self, staff: dict[str, Any]) -> None:
+        await self.place_order(staff)
         doctor: Person = staff["people"]["internist"]
         emergency: Person = staff["people"]["emergency"]
-        trace_id = self._trace("order labs")
-        order = await _retry_denied(
-            lambda: self.labs.PlaceOrder(
-                labs.PlaceOrderRequest(
-                    idempotency_key="demo-order-potassium",
-                    patient_id=self.result.patient_id,
-                    ordering_practitioner_id=staff["internist"],
-                    organization_id=HOSPITAL_A,
-                    tests=[POTASSIUM],
-                    priority=lab_events.PRIORITY_STAT,
-                ),
-                metadata=doctor.metadata(trace_id),
-            )
-        )
-        self.result.order_id = order.order.order_id
-        self._step(f"doctor ordered a STAT potassium, order {self.result.order_id}")
 
         doctor_inbox = Inbox(self.notify, f"practitioner:{staff['internist']}", doctor)
         on_call_inbox = Inbox(
@@ -442,6 +429,27 @@ class HospitalDay:
             self.result.notifications[on_call_inbox.recipient] = on_call_inbox.kinds()
             await doctor_inbox.stop()
             await on_call_inbox.stop()
+
+    async def place_order(self, staff: dict[str, Any]) -> str:
+        """Order a STAT potassium for the demo patient as the internist."""
+        doctor: Person = staff["people"]["internist"]
+        trace_id = self._trace("order labs")
+        order = await _retry_denied(
+            lambda: self.labs.PlaceOrder(
+                labs.PlaceOrderRequest(
+                    idempotency_key="demo-order-potassium",
+                    patient_id=self.result.patient_id,
+                    ordering_practitioner_id=staff["internist"],
+                    organization_id=HOSPITAL_A,
+                    tests=[POTASSIUM],
+                    priority=lab_events.PRIORITY_STAT,
+                ),
+                metadata=doctor.metadata(trace_id),
+            )
+        )
+        self.result.order_id = order.order.order_id
+        self._step(f"doctor ordered a STAT potassium, order {self.result.order_id}")
+        return self.result.order_id
 
     async def _send_critical_hl7(self, staff: dict[str, Any]) -> None:
         now = datetime.now(UTC).strftime("%Y%m%d%H%M%S+0000")

@@ -393,6 +393,10 @@ def _split_unbroken(line: bytes, separator: bytes) -> list[bytes]:
 
     The split happens before a known segment id (or a Z-segment id) that
     follows a space and is followed by the field separator.
+
+    NOTE: a field whose text ends in a space and a segment id, such as
+    "NOTE PID|", is split there too. Only messages without any line break
+    take this path.
     """
     ids = "|".join(sorted(KNOWN_SEGMENT_IDS - {"MSH"}))
     pattern = re.compile(

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import datetime
+import json
 import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
+from fhir.resources.R4B.bundle import Bundle
 from google.protobuf.message import Message
 
 from hin.appointments.v1 import events_pb2 as appointment_events
@@ -232,6 +234,18 @@ async def test_lab_results_become_observations(
         lambda s: s.observations and s.observations[0].version == 2,
     )
     assert [o.value for o in summary.observations] == ["7.1"]
+
+    exported = await events_server.stub.ExportPatient(
+        pb.ExportPatientRequest(patient_id=patient_id), metadata=events_server.doctor
+    )
+    bundle = json.loads(exported.bundle)
+    Bundle.model_validate(bundle)
+    observations = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+    ]
+    assert [o["valueQuantity"]["value"] for o in observations] == [7.1]
 
 
 async def test_completed_appointment_records_encounter(

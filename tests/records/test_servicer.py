@@ -7,6 +7,7 @@ import uuid
 
 import grpc
 import pytest
+from fhir.resources.R4B.bundle import Bundle
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
@@ -679,3 +680,44 @@ async def test_import_resolves_patient_reference(
     assert [o.reason for o in response.outcomes] == ["", ""]
     assert [a.code.text for a in summary.summary.allergies] == ["Peanuts"]
     assert [c.code.text for c in summary.summary.conditions] == ["Migraine"]
+
+
+async def test_export_of_recorded_chart_validates(
+    records_server: RecordsServer,
+) -> None:
+    patient_id = await chart_of_new_patient(records_server)
+    await records_server.stub.RecordCondition(
+        pb.RecordConditionRequest(
+            condition=pb.Condition(
+                patient_id=patient_id,
+                code=types_pb2.CodeableConcept(
+                    codings=[
+                        types_pb2.Coding(
+                            system="http://snomed.info/sct",
+                            code="38341003",
+                            display="Hypertension",
+                        )
+                    ]
+                ),
+                clinical_status="active",
+            )
+        ),
+        metadata=records_server.doctor,
+    )
+    response = await records_server.stub.ExportPatient(
+        pb.ExportPatientRequest(patient_id=patient_id), metadata=records_server.doctor
+    )
+    bundle = json.loads(response.bundle)
+    Bundle.model_validate(bundle)
+    assert sorted(e["resource"]["resourceType"] for e in bundle["entry"]) == [
+        "AllergyIntolerance",
+        "Condition",
+        "Encounter",
+        "MedicationRequest",
+        "Patient",
+    ]
+    subjects = {
+        e["resource"].get("subject", e["resource"].get("patient"))["reference"]
+        for e in bundle["entry"][1:]
+    }
+    assert subjects == {f"Patient/{patient_id}"}

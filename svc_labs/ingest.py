@@ -284,7 +284,10 @@ class Hl7Ingestor:
             store.insert_unmatched(session, item)
             logger.info(
                 "HL7 patient group kept in the unmatched worklist",
-                extra={"unmatched_id": unmatched_id, "reason": match.reason},
+                extra={
+                    "unmatched_id": unmatched_id,
+                    "reason": pb.UnmatchedReason.Name(match.reason),
+                },
             )
         for group in patient.orders:
             order = self._store_order(

@@ -44,10 +44,23 @@ def parse_ack(raw: bytes) -> Acknowledgment:
     err = fields.get("ERR", [])
     return Acknowledgment(
         code=msa[1],
-        control_id=msa[2] if len(msa) > 2 else "",
-        error=err[8] if len(err) > 8 else "",
+        control_id=_unescape(msa[2]) if len(msa) > 2 else "",
+        error=_unescape(err[8]) if len(err) > 8 else "",
         raw=raw,
     )
+
+
+def _unescape(text: str) -> str:
+    r"""Decode the standard delimiter escapes (\F\ \S\ \T\ \R\ \E\)."""
+    for sequence, char in (
+        ("\\F\\", "|"),
+        ("\\S\\", "^"),
+        ("\\T\\", "&"),
+        ("\\R\\", "~"),
+        ("\\E\\", "\\"),
+    ):
+        text = text.replace(sequence, char)
+    return text
 
 
 class MllpClient:

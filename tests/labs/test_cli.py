@@ -36,6 +36,7 @@ async def test_send_hl7_prints_ack_codes(labs: Running, shared_data: Path) -> No
     assert code == 1
     assert lines[0] == "oru_r01_rubyhl7_1.hl7\tAA"
     assert lines[1].startswith("siu_s12_pipehat_1.hl7\tAR\tMSH #1 MSH-9:")
+    assert "accepts ORU^R01, ORM^O01 and OML^O21" in lines[1]
 
 
 def test_send_hl7_without_network(tmp_path: Path) -> None:

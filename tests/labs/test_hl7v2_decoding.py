@@ -221,3 +221,13 @@ def test_ack_error_segment() -> None:
     assert err.split("|")[2] == "OBX^1^5^1"
     assert err.split("|")[3] == "102^Data type error^HL70357"
     assert err.split("|")[4] == "E"
+
+
+def test_hl7_package_splits_on_cr_only() -> None:
+    # The hl7 package (0.4.5) splits segments on CR only, which is why the
+    # listener has a decoder of its own for LF and unbroken messages.
+    import hl7
+
+    parsed = hl7.parse(MESSAGE.replace("\r", "\n"))
+    assert len(parsed) == 1
+    assert len(decode(MESSAGE.replace("\r", "\n").encode()).segments) == 8

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import logging
 from collections.abc import Callable
@@ -22,11 +20,9 @@ from mesh.runtime.authz import Authorizer, authorize
 from mesh.runtime.errors import PermissionDenied
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
-from svc_records import records, store
+from svc_records import chart, paging, records, store
 from svc_records.domain import fhir as fhir_domain
-from svc_records.domain import matching
 from svc_records.domain import patients as rules
-from svc_records.domain.fhir_export import ChartEntry, export_bundle
 from svc_records.domain.names import name_tokens
 from svc_records.errors import (
     ConcurrentChange,
@@ -38,9 +34,6 @@ from svc_records.errors import (
 from svc_records.importing import BundleImport
 
 logger = logging.getLogger(__name__)
-
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 
 R = TypeVar("R", bound=Message)
 T = TypeVar("T")
@@ -92,7 +85,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 return pb.RegisterPatientResponse.FromString(stored)
             records.check_identifiers_free(session, request.patient, "", "patient")
             if not request.allow_possible_duplicate:
-                candidates = _possible_duplicates(session, request.patient)
+                candidates = chart.possible_duplicates(session, request.patient)
                 if candidates:
                     # Not stored under the idempotency key: the caller may
                     # retry with allow_possible_duplicate and the same key.
@@ -213,7 +206,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             violations.add(
                 "name", "give at least one of identifier, name, birth_date or phone"
             )
-        offset, size = _page(request.page, violations)
+        offset, size = paging.parse_page(request.page, violations)
         violations.check()
         await authorize(self._authorizer, action="records.demographics.read")
 
@@ -238,7 +231,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             )
             return pb.SearchPatientsResponse(
                 patients=[_patient(session, r) for r in rows],
-                page=_page_response(offset, size, total),
+                page=paging.page_response(offset, size, total),
             )
 
         return await self._run(search)
@@ -247,7 +240,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         self, request: pb.ListPatientsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListPatientsResponse:
         violations = Violations()
-        offset, size = _page(request.page, violations)
+        offset, size = paging.parse_page(request.page, violations)
         violations.check()
         await authorize(self._authorizer, action="records.demographics.read")
 
@@ -263,7 +256,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             )
             return pb.ListPatientsResponse(
                 patients=[_patient(session, r) for r in rows],
-                page=_page_response(offset, size, total),
+                page=paging.page_response(offset, size, total),
             )
 
         return await self._run(list_page)
@@ -393,7 +386,9 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             row = _load_survivor(session, request.patient_id)
             summary = pb.PatientSummary(patient=_patient(session, row))
             if include_clinical:
-                _fill_chart(summary, store.entries_of_patient(session, row.patient_id))
+                chart.fill_summary(
+                    summary, store.entries_of_patient(session, row.patient_id)
+                )
             return pb.GetPatientSummaryResponse(summary=summary)
 
         return await self._run(load)
@@ -518,32 +513,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
 
         def export(session: Session) -> dict[str, Any]:
             row = _load_survivor(session, request.patient_id)
-            rows = (
-                store.entries_of_patient(session, row.patient_id)
-                if include_clinical
-                else []
-            )
-            entries = [
-                ChartEntry(
-                    entry_id=r.entry_id,
-                    message=records.entry_message(r),
-                    fhir=json.loads(r.fhir_json) if r.fhir_json else None,
-                )
-                for r in rows
-            ]
-            demographics = records.demographics_of(row)
-            referenced = _referenced_directory_ids(demographics, entries)
-            directory = [
-                (d.entry_id, d.resource_type, json.loads(d.fhir_json))
-                for d in store.get_directory_entries(session, referenced)
-            ]
-            return export_bundle(
-                patient_id=row.patient_id,
-                demographics=demographics,
-                patient_fhir=json.loads(row.fhir_json) if row.fhir_json else None,
-                entries=entries,
-                directory=directory,
-            )
+            return chart.export_patient(session, row, include_clinical=include_clinical)
 
         bundle = await self._run(export)
         return pb.ExportPatientResponse(
@@ -583,77 +553,7 @@ def _load_survivor(session: Session, patient_id: str) -> store.PatientRow:
 
 
 def _patient(session: Session, row: store.PatientRow) -> pb.Patient:
-    return records.patient_message(
-        row, store.merged_patient_ids(session, row.patient_id)
-    )
-
-
-def _possible_duplicates(
-    session: Session, patient: pb.PatientDemographics
-) -> list[pb.DuplicateCandidate]:
-    birth_date = rules.date_to_iso(patient.birth_date)
-    if not birth_date:
-        # NOTE: without a birth date no candidates are looked up, because
-        # matching only scores patients born on the same day.
-        return []
-    candidates = []
-    for row in store.patients_born_on(session, birth_date):
-        match = matching.score_match(patient, records.demographics_of(row))
-        if matching.is_possible_duplicate(match):
-            candidates.append(
-                pb.DuplicateCandidate(
-                    patient=_patient(session, row),
-                    match_score=match.score,
-                    matched_fields=match.matched_fields,
-                )
-            )
-    candidates.sort(key=lambda c: (-c.match_score, c.patient.patient_id))
-    return candidates
-
-
-def _fill_chart(summary: pb.PatientSummary, rows: Any) -> None:
-    targets: dict[str, Callable[[], Any]] = {
-        "encounter": summary.encounters.add,
-        "condition": summary.conditions.add,
-        "allergy": summary.allergies.add,
-        "medication": summary.medications.add,
-        "observation": summary.observations.add,
-    }
-    for row in rows:
-        message: Any = records.entry_message(row)
-        message.patient_id = summary.patient.patient_id
-        targets[row.kind]().CopyFrom(message)
-
-
-def _referenced_directory_ids(
-    demographics: pb.PatientDemographics, entries: list[ChartEntry]
-) -> set[str]:
-    ids = {demographics.managing_organization_id} - {""}
-    for entry in entries:
-        if entry.fhir is not None:
-            text = json.dumps(entry.fhir)
-            for resource_type in ("Practitioner", "Organization"):
-                ids.update(_ids_after(text, f'"{resource_type}/'))
-        message: Any = entry.message
-        for field in (
-            "practitioner_id",
-            "organization_id",
-            "requester_practitioner_id",
-        ):
-            value = getattr(message, field, "")
-            if value:
-                ids.add(value)
-    return ids
-
-
-def _ids_after(text: str, marker: str) -> set[str]:
-    ids = set()
-    start = text.find(marker)
-    while start != -1:
-        end = text.find('"', start + len(marker))
-        ids.add(text[start + len(marker) : end])
-        start = text.find(marker, end)
-    return ids
+    return chart.patient_with_links(session, row)
 
 
 def _replay(session: Session, method: str, key: str) -> bytes | None:
@@ -667,29 +567,3 @@ def _remember(session: Session, method: str, key: str, response: Message) -> Non
         store.save_idempotent_response(
             session, method, key, response.SerializeToString(deterministic=True)
         )
-
-
-def _page(page: types_pb2.PageRequest, violations: Violations) -> tuple[int, int]:
-    if page.page_size < 0:
-        violations.add("page.page_size", "must not be negative")
-    size = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    if not page.page_token:
-        return 0, size
-    try:
-        offset = int(base64.urlsafe_b64decode(page.page_token.encode()).decode())
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        offset = -1
-    if offset < 0:
-        violations.add("page.page_token", "is not a token from a previous response")
-    # NOTE: offset paging; a patient registered between two pages can shift
-    # one row from one page to the next.
-    return max(offset, 0), size
-
-
-def _page_response(offset: int, size: int, total: int) -> types_pb2.PageResponse:
-    response = types_pb2.PageResponse(total_size=total)
-    if offset + size < total:
-        response.next_page_token = base64.urlsafe_b64encode(
-            str(offset + size).encode()
-        ).decode()
-    return response

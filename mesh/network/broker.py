@@ -19,8 +19,10 @@ logger = logging.getLogger(__name__)
 
 #: Time the broker gets to accept connections and answer a metadata request.
 START_TIMEOUT_SECONDS = 30.0
-#: Time the broker gets to exit after SIGTERM before it is killed.
-STOP_TIMEOUT_SECONDS = 5.0
+#: Time the broker gets to exit after SIGTERM before it is killed. Tansu waits
+#: for open client connections on SIGTERM, and memory storage has nothing to
+#: flush, so the wait is short.
+STOP_TIMEOUT_SECONDS = 1.0
 
 
 class BrokerError(RuntimeError):

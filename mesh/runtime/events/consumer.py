@@ -38,6 +38,7 @@ from mesh.runtime.events import envelope as env
 from mesh.runtime.events.envelope import Envelope, current_envelope
 from mesh.runtime.events.kafka_log import KAFKA_LOGGER
 from mesh.runtime.events.tables import inbox_table
+from mesh.runtime.events.topic_watch import TopicWatch
 from mesh.runtime.principal import Principal, PrincipalKind, set_principal
 from mesh.runtime.storage import Database
 
@@ -114,6 +115,10 @@ def consumer_config(
         # The embedded broker never answers a waiting fetch early, so this
         # bounds the produce-to-consume latency.
         "fetch.wait.max.ms": 10,
+        # A consumer notices a subscribed topic that appeared (again, after a
+        # broker restart) only at a metadata refresh; librdkafka's default
+        # is five minutes.
+        "topic.metadata.refresh.interval.ms": 5000,
         "logger": KAFKA_LOGGER,
     }
     config.update(extra)
@@ -167,6 +172,9 @@ class EventConsumer:
         self._producer_factory = producer_factory
         self._after_transaction = after_transaction
         self._dlq_producer: Producer | None = None
+        self._topic_watch = TopicWatch(
+            topics=self._topics, admin_config=_admin_config(self._consumer_config)
+        )
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
         #: Set once the group assigned partitions to this consumer.
@@ -182,7 +190,7 @@ class EventConsumer:
         if self._thread is not None:
             return
         consumer = self._consumer_factory(self._consumer_config)
-        consumer.subscribe(self._topics, on_assign=self._on_assign)
+        self._subscribe(consumer)
         self._thread = threading.Thread(
             target=self._run,
             args=(consumer,),
@@ -219,10 +227,40 @@ class EventConsumer:
         )
         self.assigned.set()
 
+    def _subscribe(self, consumer: Consumer) -> None:
+        consumer.subscribe(
+            self._topics,
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_revoke,
+        )
+
+    def _resubscribe(self, consumer: Consumer) -> None:
+        # A re-created topic keeps the group on an empty assignment until it
+        # joins again, and its committed offsets are gone with the old topic,
+        # so the new assignment starts from auto.offset.reset (earliest).
+        logger.warning(
+            "subscribed topic was re-created; joining the group again",
+            extra={"group_id": self.group_id},
+        )
+        consumer.unsubscribe()
+        self._subscribe(consumer)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.info(
+            "partitions revoked",
+            extra={
+                "group_id": self.group_id,
+                "partitions": [f"{p.topic}[{p.partition}]" for p in partitions],
+            },
+        )
+
     def _run(self, consumer: Consumer) -> None:
         set_principal(self._principal)
         try:
             while not self._stopping.is_set():
+                if self._topic_watch.check():
+                    self._resubscribe(consumer)
                 message = consumer.poll(self._options.poll_timeout)
                 if message is None:
                     continue
@@ -506,6 +544,12 @@ def apply_event(
 
 def _is_retryable(error: BaseException) -> bool:
     return isinstance(error, Exception) and not isinstance(error, _Stopping)
+
+
+def _admin_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    # The connection settings of the consumer, without its consumer settings.
+    prefixes = ("bootstrap.", "security.", "ssl.", "sasl.", "socket.", "client.")
+    return {key: value for key, value in config.items() if key.startswith(prefixes)}
 
 
 def _index_handlers(handlers: Sequence[Handler[Any]]) -> dict[str, Handler[Any]]:

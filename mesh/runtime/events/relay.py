@@ -27,6 +27,10 @@ logger = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
 
+#: Batches in a row with failed delivery reports before the producer is
+#: replaced.
+REPLACE_AFTER_FAILURES = 3
+
 ProducerFactory = Callable[[dict[str, Any]], Producer]
 #: Called with the seq numbers of a batch after the broker confirmed all of
 #: them and before they are marked sent; tests use it to crash at that point.
@@ -118,6 +122,7 @@ class OutboxRelay:
         self._idle_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._failures = 0
+        self._failed_batches = 0
         self._next_prune = 0.0
 
     def start(self) -> None:
@@ -306,15 +311,31 @@ class OutboxRelay:
             self._after_delivery(confirmed)
         self._mark(confirmed, failed)
         complete = len(confirmed) == len(rows)
-        if not complete:
-            logger.warning(
-                "outbox rows not confirmed; they will be re-sent",
-                extra={
-                    "confirmed": len(confirmed),
-                    "failed": len(failed),
-                    "unreported": len(rows) - len(reports),
-                },
-            )
+        if complete:
+            self._failed_batches = 0
+            return len(confirmed), complete
+
+        self._failed_batches += 1
+        errors = sorted({error.name() for error in failed.values()})
+        logger.warning(
+            "outbox rows not confirmed; they will be re-sent",
+            extra={
+                "confirmed": len(confirmed),
+                "failed": len(failed),
+                "unreported": len(rows) - len(reports),
+                "errors": errors,
+                "failed_batches": self._failed_batches,
+            },
+        )
+        # A producer whose records keep failing (timed out while the broker
+        # was down, then stuck on its old producer id) does not recover by
+        # itself; a new one starts a new idempotence session.
+        if (
+            self._producer is producer
+            and self._failed_batches >= REPLACE_AFTER_FAILURES
+        ):
+            self._replace_producer(reason=f"{self._failed_batches} failed batches")
+            self._failed_batches = 0
         return len(confirmed), complete
 
     def _produce(

@@ -13,6 +13,8 @@ from mesh.network.devkeys import ensure_dev_keys
 from mesh.network.pki import CertificateAuthority
 from mesh.network.topology import default_topology
 
+pytestmark = pytest.mark.mesh
+
 REPLICAS = {"labs": 3}
 
 
@@ -184,3 +186,11 @@ def test_ingress_jwt_uses_dev_jwks(configs: dict[str, Path]) -> None:
     assert provider["audiences"] == ["hin"]
     assert provider["forward"] is True
     assert provider["localJwks"]["filename"].endswith("keys/jwks.json")
+
+
+def test_health_checks_not_traced(configs: dict[str, Path]) -> None:
+    manager = http_manager(load(configs["labs"]), "inbound")
+    routes = manager["routeConfig"]["virtualHosts"][0]["routes"]
+    health = next(r for r in routes if r["name"] == "health")
+    assert health["tracing"]["randomSampling"] == {}
+    assert health["tracing"]["overallSampling"] == {}

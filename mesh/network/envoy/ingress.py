@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
-from envoy_data_plane.envoy.config.core.v3 import DataSource
+from envoy_data_plane.envoy.config.core.v3 import DataSource, TrafficDirection
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.route.v3 import (
     HeaderMatcher,
@@ -40,7 +40,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher, StringMatcher
 
 from mesh.network.envoy import common
-from mesh.network.envoy.routes import UNARY_TIMEOUT, service_routes
+from mesh.network.envoy.routes import UNARY_TIMEOUT, service_routes, untraced
 from mesh.network.pki import dns_name, service_identity
 from mesh.network.topology import HEALTH_PREFIX, REFLECTION_PREFIXES, Topology
 
@@ -159,6 +159,7 @@ def build_ingress(
     listener = Listener(
         name="ingress",
         address=common.socket_address(listen),
+        traffic_direction=TrafficDirection.INBOUND,
         filter_chains=[
             FilterChain(
                 filters=[
@@ -187,6 +188,7 @@ def _health_route(service: str, cluster: str) -> Route:
             ],
         ),
         route=RouteAction(cluster=cluster, timeout=UNARY_TIMEOUT),
+        tracing=untraced(),
     )
 
 

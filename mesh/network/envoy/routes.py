@@ -10,8 +10,10 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteAction,
     RouteActionMaxStreamDuration,
     RouteMatch,
+    Tracing,
 )
 from envoy_data_plane.envoy.type.matcher.v3 import RegexMatcher
+from envoy_data_plane.envoy.type.v3 import FractionalPercent
 
 from mesh.network.topology import ServiceDef
 
@@ -83,3 +85,16 @@ def service_routes(
 def _grpc_timeout_cap(timeout: datetime.timedelta) -> RouteActionMaxStreamDuration:
     # Honour the client's grpc-timeout header, but never beyond ``timeout``.
     return RouteActionMaxStreamDuration(grpc_timeout_header_max=timeout)
+
+
+def untraced() -> Tracing:
+    """Return route tracing that samples nothing.
+
+    Health checks run every few seconds and would bury real traces in
+    ``hin traces list``.
+    """
+    return Tracing(
+        client_sampling=FractionalPercent(numerator=0),
+        random_sampling=FractionalPercent(numerator=0),
+        overall_sampling=FractionalPercent(numerator=0),
+    )

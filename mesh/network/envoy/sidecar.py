@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 
 from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
-from envoy_data_plane.envoy.config.core.v3 import TransportSocket
+from envoy_data_plane.envoy.config.core.v3 import TrafficDirection, TransportSocket
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.rbac.v3 import (
     Permission,
@@ -46,7 +46,7 @@ from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
 from envoy_data_plane.envoy.type.matcher.v3 import PathMatcher, StringMatcher
 
 from mesh.network.envoy import common
-from mesh.network.envoy.routes import UNARY_TIMEOUT, service_routes
+from mesh.network.envoy.routes import UNARY_TIMEOUT, service_routes, untraced
 from mesh.network.pki import dns_name, service_identity, spiffe_id
 from mesh.network.topology import (
     HEALTH_PREFIX,
@@ -156,13 +156,21 @@ def _inbound_listener(
     trace_receiver: str,
 ) -> Listener:
     routes = service_routes(service, LOCAL_CLUSTER, retries=False)
+    routes.append(
+        Route(
+            name="health",
+            match=RouteMatch(prefix=HEALTH_PREFIX),
+            route=RouteAction(cluster=LOCAL_CLUSTER, timeout=UNARY_TIMEOUT),
+            tracing=untraced(),
+        )
+    )
     routes.extend(
         Route(
-            name=f"internal-{index}",
+            name=f"reflection-{index}",
             match=RouteMatch(prefix=prefix),
             route=RouteAction(cluster=LOCAL_CLUSTER, timeout=UNARY_TIMEOUT),
         )
-        for index, prefix in enumerate((HEALTH_PREFIX, *REFLECTION_PREFIXES))
+        for index, prefix in enumerate(REFLECTION_PREFIXES)
     )
     manager = HttpConnectionManager(
         stat_prefix="inbound",
@@ -203,6 +211,7 @@ def _inbound_listener(
     return Listener(
         name="inbound",
         address=common.socket_address(inbound),
+        traffic_direction=TrafficDirection.INBOUND,
         filter_chains=[
             FilterChain(
                 filters=[_manager_filter(manager)],
@@ -235,6 +244,7 @@ def _outbound_listener(target: ServiceDef, listen: str, trace_name: str) -> List
     return Listener(
         name=f"outbound_{target.name}",
         address=common.socket_address(listen),
+        traffic_direction=TrafficDirection.OUTBOUND,
         filter_chains=[FilterChain(filters=[_manager_filter(manager)])],
     )
 

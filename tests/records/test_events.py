@@ -45,9 +45,12 @@ async def events_server(
 
 
 def read_records_topic(
-    bootstrap: str, match: Callable[[Any], bool], timeout: float = WAIT_SECONDS
+    bootstrap: str,
+    match: Callable[[Any], bool],
+    timeout: float = WAIT_SECONDS,
+    topic: str = RECORDS_TOPIC,
 ) -> Any:
-    """Return the first record of the records topic that ``match`` accepts."""
+    """Return the first record of ``topic`` that ``match`` accepts."""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -57,13 +60,11 @@ def read_records_topic(
         }
     )
     try:
-        metadata = consumer.list_topics(RECORDS_TOPIC, timeout=10)
-        partitions = metadata.topics[RECORDS_TOPIC].partitions
+        metadata = consumer.list_topics(topic, timeout=10)
+        partitions = metadata.topics[topic].partitions
         # Assigned directly, starting at the oldest record, so no group join
         # delays the test.
-        consumer.assign(
-            [TopicPartition(RECORDS_TOPIC, p, 0) for p in sorted(partitions)]
-        )
+        consumer.assign([TopicPartition(topic, p, 0) for p in sorted(partitions)])
         deadline = datetime.datetime.now() + datetime.timedelta(seconds=timeout)
         while datetime.datetime.now() < deadline:
             record = consumer.poll(0.2)
@@ -71,7 +72,7 @@ def read_records_topic(
                 continue
             if match(record):
                 return record
-        raise AssertionError(f"no matching record on {RECORDS_TOPIC} in {timeout}s")
+        raise AssertionError(f"no matching record on {topic} in {timeout}s")
     finally:
         consumer.close()
 
@@ -298,3 +299,30 @@ async def test_completed_appointment_records_encounter(
     event = record_events.EncounterRecorded.FromString(record.value())
     assert event.encounter_id == encounter_id
     assert event.appointment_id == "appt-ev-1"
+
+
+async def test_unknown_patient_result_is_dead_lettered(
+    events_server: RecordsServer, kafka_bootstrap: str
+) -> None:
+    patient_id = await new_patient(events_server, "AfterPoison")
+    poison = lab_events.TestResultPublished(
+        result=lab_result("no-such-patient", 1, "1")
+    )
+    poison.result.result_id = "result-poison-1"
+    # Same key, so the same partition: the good result waits behind the poison.
+    poison_id = publish(kafka_bootstrap, poison, key=patient_id, source="hin://labs")
+    good = lab_events.TestResultPublished(result=lab_result(patient_id, 1, "5.5"))
+    good.result.result_id = "result-after-poison-1"
+    publish(kafka_bootstrap, good, key=patient_id, source="hin://labs")
+
+    summary = await wait_for_summary(
+        events_server, patient_id, lambda s: len(s.observations) == 1
+    )
+    assert [o.result_id for o in summary.observations] == ["result-after-poison-1"]
+    record = await asyncio.to_thread(
+        read_records_topic,
+        kafka_bootstrap,
+        lambda r: headers_of(r).get("ce_id") == poison_id,
+        topic="hin.labs.events.v1.dlq",
+    )
+    assert headers_of(record)["hin_dlq_error_type"] == "UnknownPatient"

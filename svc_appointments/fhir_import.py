@@ -65,11 +65,76 @@ class ResourceRejected(Exception):
 
 @dataclass
 class _BundleContext:
-    """References of one bundle resolved so far, and the caller's mapping."""
+    """References of one bundle resolved so far, and lookups already made.
+
+    ``sources`` and ``holders`` start with one bulk query each for the whole
+    bundle and grow with every resource imported, so most resources need no
+    query of their own.
+    """
 
     resolved: dict[str, str]
     source: str
     local: dict[str, str] = field(default_factory=dict)
+    #: (resource type, source id) -> assigned id, or None when not imported.
+    sources: dict[tuple[str, str], str | None] = field(default_factory=dict)
+    #: (resource type, system, value) -> id of the resource holding it, or None.
+    holders: dict[tuple[str, str, str], str | None] = field(default_factory=dict)
+
+    def imported_id(
+        self, session: Session, resource_type: str, source_id: str
+    ) -> str | None:
+        key = (resource_type, source_id)
+        if key not in self.sources:
+            row = session.get(FhirSourceRow, key)
+            self.sources[key] = row.assigned_id if row is not None else None
+        return self.sources[key]
+
+    def holder(
+        self, session: Session, resource_type: str, system: str, value: str
+    ) -> str | None:
+        key = (resource_type, system, value)
+        if key not in self.holders:
+            self.holders[key] = store.find_by_identifier(
+                session, resource_type, system, value
+            )
+        return self.holders[key]
+
+    def add_identifiers(
+        self,
+        session: Session,
+        resource_type: str,
+        resource_id: str,
+        identifiers: list[dict[str, str]],
+    ) -> None:
+        store.add_identifiers(session, resource_type, resource_id, identifiers)
+        for identifier in identifiers:
+            key = (resource_type, identifier["system"], identifier["value"])
+            self.holders[key] = resource_id
+
+    def prefetch(self, session: Session, entries: list[dict[str, Any]]) -> None:
+        """Load the import records and identifier holders of the bundle's entries."""
+        owned = [
+            entry["resource"]
+            for entry in entries
+            if isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") in IMPORT_ORDER
+        ]
+        keys = {
+            (entry["resource"]["resourceType"], _source_id(entry))
+            for entry in entries
+            if isinstance(entry.get("resource"), dict)
+            and entry["resource"].get("resourceType") in IMPORT_ORDER
+        }
+        self.sources.update(dict.fromkeys(keys))
+        self.sources.update(store.imported_sources(session, keys))
+        identifier_keys = {
+            (str(resource["resourceType"]), str(i["system"]), str(i["value"]))
+            for resource in owned
+            for i in resource.get("identifier") or []
+            if isinstance(i, dict) and i.get("system") and i.get("value")
+        }
+        self.holders.update(dict.fromkeys(identifier_keys))
+        self.holders.update(store.identifier_holders(session, identifier_keys))
 
 
 class FhirImporter:
@@ -92,6 +157,7 @@ class FhirImporter:
         """
         context = _BundleContext(resolved=dict(resolved_references), source=source)
         entries = [e for e in bundle.get("entry") or [] if isinstance(e, dict)]
+        context.prefetch(session, entries)
         outcomes: list[Outcome] = []
         for resource_type in IMPORT_ORDER:
             for entry in entries:
@@ -130,12 +196,9 @@ class FhirImporter:
                 raise ResourceRejected(
                     "resource has a modifierExtension whose meaning is unknown here"
                 )
-            known = session.get(FhirSourceRow, (resource_type, source_id))
+            known = context.imported_id(session, resource_type, source_id)
             if known is not None:
-                assigned, status = (
-                    known.assigned_id,
-                    Status.FHIR_IMPORT_STATUS_DUPLICATE,
-                )
+                assigned, status = known, Status.FHIR_IMPORT_STATUS_DUPLICATE
             else:
                 importer = getattr(self, f"_import_{resource_type.lower()}")
                 assigned, status = importer(session, entry, context)
@@ -147,7 +210,7 @@ class FhirImporter:
                         imported_at=self._clock(),
                     )
                 )
-                session.flush()
+                context.sources[(resource_type, source_id)] = assigned
         except ResourceRejected as exc:
             outcome.status = Status.FHIR_IMPORT_STATUS_REJECTED
             outcome.reason = str(exc)
@@ -166,7 +229,7 @@ class FhirImporter:
     ) -> tuple[str, int]:
         resource = entry["resource"]
         identifiers = _identifiers(resource)
-        existing = _holder(session, "Practitioner", identifiers)
+        existing = _holder(session, "Practitioner", identifiers, context)
         if existing is not None:
             return existing, Status.FHIR_IMPORT_STATUS_DUPLICATE
         practitioner_id = _preassigned(entry, "Practitioner", context) or new_id()
@@ -181,7 +244,7 @@ class FhirImporter:
                 created_at=self._clock(),
             )
         )
-        store.add_identifiers(session, "Practitioner", practitioner_id, identifiers)
+        context.add_identifiers(session, "Practitioner", practitioner_id, identifiers)
         return practitioner_id, Status.FHIR_IMPORT_STATUS_IMPORTED
 
     def _import_organization(
@@ -189,7 +252,7 @@ class FhirImporter:
     ) -> tuple[str, int]:
         resource = entry["resource"]
         identifiers = _identifiers(resource)
-        existing = _holder(session, "Organization", identifiers)
+        existing = _holder(session, "Organization", identifiers, context)
         if existing is not None:
             return existing, Status.FHIR_IMPORT_STATUS_DUPLICATE
         organization_id = _preassigned(entry, "Organization", context) or new_id()
@@ -204,7 +267,7 @@ class FhirImporter:
                 created_at=self._clock(),
             )
         )
-        store.add_identifiers(session, "Organization", organization_id, identifiers)
+        context.add_identifiers(session, "Organization", organization_id, identifiers)
         return organization_id, Status.FHIR_IMPORT_STATUS_IMPORTED
 
     def _import_location(
@@ -212,7 +275,7 @@ class FhirImporter:
     ) -> tuple[str, int]:
         resource = entry["resource"]
         identifiers = _identifiers(resource)
-        existing = _holder(session, "Location", identifiers)
+        existing = _holder(session, "Location", identifiers, context)
         if existing is not None:
             return existing, Status.FHIR_IMPORT_STATUS_DUPLICATE
         organization_id = ""
@@ -231,7 +294,7 @@ class FhirImporter:
                 created_at=self._clock(),
             )
         )
-        store.add_identifiers(session, "Location", location_id, identifiers)
+        context.add_identifiers(session, "Location", location_id, identifiers)
         return location_id, Status.FHIR_IMPORT_STATUS_IMPORTED
 
     def _import_encounter(
@@ -384,15 +447,14 @@ def _resolve(
                 f"conditional reference {reference} is not of the form "
                 f"{resource_type}?identifier=<system>|<value>"
             )
-        return store.find_by_identifier(session, resource_type, system, value)
+        return context.holder(session, resource_type, system, value)
     if reference.startswith("urn:uuid:"):
         source_id = reference.removeprefix("urn:uuid:")
     elif reference.startswith(f"{resource_type}/"):
         source_id = reference.removeprefix(f"{resource_type}/")
     else:
         return None
-    known = session.get(FhirSourceRow, (resource_type, source_id))
-    return known.assigned_id if known is not None else None
+    return context.imported_id(session, resource_type, source_id)
 
 
 def _performer_reference(resource: dict[str, Any]) -> str:
@@ -429,10 +491,13 @@ def _identifiers(resource: dict[str, Any]) -> list[dict[str, str]]:
 
 
 def _holder(
-    session: Session, resource_type: str, identifiers: list[dict[str, str]]
+    session: Session,
+    resource_type: str,
+    identifiers: list[dict[str, str]],
+    context: _BundleContext,
 ) -> str | None:
     for identifier in identifiers:
-        holder = store.find_by_identifier(
+        holder = context.holder(
             session, resource_type, identifier["system"], identifier["value"]
         )
         if holder is not None:

@@ -8,7 +8,7 @@ UTC datetimes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -276,6 +276,46 @@ def add_identifiers(
                 resource_id=resource_id,
             )
         )
+
+
+#: Values per IN list; SQLite allows 32766 bound parameters since 3.32.
+_IN_CHUNK = 500
+
+
+def imported_sources(
+    session: Session, keys: Iterable[tuple[str, str]]
+) -> dict[tuple[str, str], str]:
+    """Return the assigned ids of already imported (type, source id) keys."""
+    wanted = set(keys)
+    source_ids = sorted({source_id for _, source_id in wanted})
+    found: dict[tuple[str, str], str] = {}
+    for start in range(0, len(source_ids), _IN_CHUNK):
+        statement = select(FhirSourceRow).where(
+            col(FhirSourceRow.source_id).in_(source_ids[start : start + _IN_CHUNK])
+        )
+        for row in session.exec(statement):
+            key = (row.resource_type, row.source_id)
+            if key in wanted:
+                found[key] = row.assigned_id
+    return found
+
+
+def identifier_holders(
+    session: Session, keys: Iterable[tuple[str, str, str]]
+) -> dict[tuple[str, str, str], str]:
+    """Return the holders of (resource type, system, value) identifiers."""
+    wanted = set(keys)
+    values = sorted({value for _, _, value in wanted})
+    found: dict[tuple[str, str, str], str] = {}
+    for start in range(0, len(values), _IN_CHUNK):
+        statement = select(IdentifierRow).where(
+            col(IdentifierRow.value).in_(values[start : start + _IN_CHUNK])
+        )
+        for row in session.exec(statement):
+            key = (row.resource_type, row.system, row.value)
+            if key in wanted:
+                found[key] = row.resource_id
+    return found
 
 
 def list_practitioners(

@@ -197,3 +197,49 @@ async def test_result_after_merge_goes_to_survivor(labs: Running) -> None:
         pb.ListResultsRequest(patient_id="patient-new"), metadata=labs.clinician_auth
     )
     assert [r.value.quantity for r in results.results] == ["139"]
+
+
+async def test_acknowledgement_event_published(
+    labs: Running, reader: TopicReader
+) -> None:
+    order = await labs.stub.PlaceOrder(
+        pb.PlaceOrderRequest(
+            patient_id="patient-ack",
+            tests=[types.Coding(system="http://loinc.org", code="2823-3")],
+        ),
+        metadata=labs.clinician_auth,
+    )
+    recorded = await labs.stub.RecordResult(
+        pb.RecordResultRequest(
+            order_id=order.order.order_id,
+            test=types.Coding(system="http://loinc.org", code="2823-3"),
+            value=events.ResultValue(quantity="2.1", unit="mmol/L"),
+            status=events.ResultStatus.RESULT_STATUS_FINAL,
+        ),
+        metadata=labs.clinician_auth,
+    )
+    await labs.stub.AcknowledgeCriticalResult(
+        pb.AcknowledgeCriticalResultRequest(result_id=recorded.result.result_id),
+        metadata=labs.clinician_auth,
+    )
+
+    _, value, _ = await reader.wait_for(
+        lambda kind, value, key: (
+            kind == "hin.labs.v1.TestResultPublished" and key == "patient-ack"
+        )
+    )
+    published = events.TestResultPublished.FromString(value)
+    assert published.result.critical is True
+    assert published.result.interpretation == (
+        events.Interpretation.INTERPRETATION_CRITICAL_LOW
+    )
+    assert published.result.ordering_practitioner_id == "prac-1"
+    _, value, _ = await reader.wait_for(
+        lambda kind, value, key: (
+            kind == "hin.labs.v1.CriticalResultAcknowledged" and key == "patient-ack"
+        )
+    )
+    acknowledged = events.CriticalResultAcknowledged.FromString(value)
+    assert acknowledged.result_id == recorded.result.result_id
+    assert acknowledged.acknowledged_by == "prac-1"
+    assert acknowledged.context.actor == "user-clinician"

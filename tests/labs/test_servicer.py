@@ -359,6 +359,25 @@ async def test_import_fhir_lab_observations(labs: Running, shared_data: Path) ->
     assert match.test.code == first_obs["code"]["coding"][0]["code"]
     assert match.value.unit == first_obs["valueQuantity"]["code"]
 
+    # Every result a DiagnosticReport lists belongs to the order made from it.
+    reports = {
+        o.source_id: o.assigned_id
+        for o in first.outcomes
+        if o.resource_type == "DiagnosticReport"
+        and o.status == fhir_pb2.FhirImportStatus.FHIR_IMPORT_STATUS_IMPORTED
+    }
+    by_source = {o.source_id: o.assigned_id for o in imported}
+    checked = 0
+    for entry in bundle["entry"]:
+        resource = entry["resource"]
+        if entry["fullUrl"] not in reports:
+            continue
+        for reference in resource.get("result", []):
+            result_id = by_source[reference["reference"]]
+            assert stored[result_id].order_id == reports[entry["fullUrl"]]
+            checked += 1
+    assert checked > 0
+
 
 async def test_import_fhir_rejects_non_bundle(labs: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:

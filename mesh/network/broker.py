@@ -109,6 +109,7 @@ class EmbeddedBroker:
             return self
         if not self.port:
             self.port = free_loopback_port()
+        _check_port_free(self.port)
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             str(tansu_binary()),
@@ -220,3 +221,19 @@ class EmbeddedBroker:
                 f"embedded broker exited with code {code} while starting on port "
                 f"{self.port}; the port may be taken (see the broker log)"
             )
+
+
+def _check_port_free(port: int) -> None:
+    # A Tansu process on a taken port exits only after the broker that holds
+    # the port answered the readiness check, so the check would pass. The
+    # probe sets SO_REUSEADDR, so connections left in TIME_WAIT by a restart
+    # do not block it but a listening socket does.
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise BrokerError(
+                f"port {port} on 127.0.0.1 is taken ({exc.strerror}); stop the "
+                "process that holds it or start the broker with port 0"
+            ) from exc

@@ -34,6 +34,9 @@ CA_LIFETIME = datetime.timedelta(days=3650)
 #: Leaf certificates live one day: short enough that a leaked key expires
 #: soon, long enough that a development network survives a working day.
 LEAF_LIFETIME = datetime.timedelta(hours=24)
+#: A leaf with less validity left than this is replaced, a third of its life
+#: early, so a missed renewal round still leaves hours to retry.
+RENEW_BEFORE = datetime.timedelta(hours=8)
 #: Tolerated clock difference between processes checking a new certificate.
 CLOCK_SKEW = datetime.timedelta(minutes=5)
 
@@ -206,13 +209,15 @@ class CertificateAuthority:
             folder=folder, cert=folder / "cert.pem", key=folder / "key.pem"
         )
 
-    def ensure_leaf(self, identity: str) -> LeafFiles:
-        """Issue ``identity``'s leaf unless a valid one exists for another hour."""
+    def ensure_leaf(
+        self, identity: str, *, renew_before: datetime.timedelta = RENEW_BEFORE
+    ) -> LeafFiles:
+        """Issue ``identity``'s leaf unless one is valid for ``renew_before`` more."""
         files = self.leaf_files(identity)
         if files.cert.exists() and files.key.exists():
             current = x509.load_pem_x509_certificate(files.cert.read_bytes())
             remaining = current.not_valid_after_utc - _now()
-            if remaining > datetime.timedelta(hours=1) and self._signed_by_me(current):
+            if remaining > renew_before and self._signed_by_me(current):
                 return files
         return self.rotate(identity)
 

@@ -58,6 +58,8 @@ READY_TIMEOUT_SECONDS = 120.0
 #: service's own grace period (HIN_SHUTDOWN_GRACE_SECONDS) defaults to 10 s.
 STOP_TIMEOUT_SECONDS = 15.0
 ENVOY_STOP_TIMEOUT_SECONDS = 5.0
+#: Interval between checks for leaves that need renewal.
+RENEWAL_INTERVAL_SECONDS = 600.0
 TOPOLOGY_FILE = "topology.json"
 
 
@@ -176,6 +178,7 @@ class Supervisor:
         await self._wait_until_serving(list(self._services))
 
         await self._start_ingress(jwks)
+        self._watchers.append(asyncio.create_task(self._renew_certificates()))
         self.state.status = READY
         self.state.save()
         logger.info("network ready", extra={"ingress": self.state.ingress})
@@ -383,6 +386,24 @@ class Supervisor:
             self.state.save()
 
         self._watchers.append(asyncio.create_task(watch()))
+
+    async def _renew_certificates(self) -> None:
+        """Renew expiring leaves; Envoy loads them without a restart."""
+        assert self._authority is not None
+        identities = [
+            *(service_identity(name) for name in self.state.services),
+            INGRESS_IDENTITY,
+            OPERATOR_IDENTITY,
+        ]
+        while True:
+            await asyncio.sleep(RENEWAL_INTERVAL_SECONDS)
+            for identity in identities:
+                try:
+                    self._authority.ensure_leaf(identity)
+                except (OSError, ValueError):
+                    logger.exception(
+                        "certificate renewal failed", extra={"identity": identity}
+                    )
 
     def _log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"

@@ -9,6 +9,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from cryptography import x509
 
 from hin.echo.v1 import echo_service_pb2 as pb
@@ -16,6 +17,8 @@ from hin.echo.v1 import echo_service_pb2_grpc as pb_grpc
 from mesh.network.clients import admin_metadata, ingress_channel_sync
 from mesh.network.pki import LEAF_LIFETIME, CertificateAuthority, read_spiffe_id
 from tests.network.conftest import RunningNetwork
+
+pytestmark = pytest.mark.mesh
 
 
 def test_leaf_carries_spiffe_uri(tmp_path: Path) -> None:
@@ -61,6 +64,16 @@ def test_ensure_leaf_keeps_valid_leaf(tmp_path: Path) -> None:
     authority = CertificateAuthority.load_or_create(tmp_path)
     first = authority.ensure_leaf("svc/labs").cert.read_bytes()
     assert authority.ensure_leaf("svc/labs").cert.read_bytes() == first
+
+
+def test_ensure_leaf_renews_expiring_leaf(tmp_path: Path) -> None:
+    authority = CertificateAuthority.load_or_create(tmp_path)
+    first = authority.ensure_leaf("svc/labs").cert.read_bytes()
+    # Every 24-hour leaf has less than 25 hours left, so it counts as expiring.
+    renewed = authority.ensure_leaf(
+        "svc/labs", renew_before=datetime.timedelta(hours=25)
+    )
+    assert renewed.cert.read_bytes() != first
 
 
 def served_serial(network: RunningNetwork, service: str) -> int:

@@ -57,9 +57,7 @@ async def collect_status(state_dir: Path) -> dict[str, Any]:
 
     async def replica_report(name: str, index: int) -> dict[str, Any]:
         replica = state.services[name].replicas[index]
-        running = (
-            supervisor_alive and replica.state == RUNNING and process_alive(replica.pid)
-        )
+        running = replica.state == RUNNING and process_alive(replica.pid)
         health = (
             await check_health(replica.sidecar_inbound, name, credentials, timeout=2.0)
             if running

@@ -65,10 +65,10 @@ def run(args: argparse.Namespace) -> int:
         existing = NetworkState.load(state_dir)
     except NetworkNotRunning:
         existing = None
-    if existing is not None and process_alive(existing.supervisor_pid):
+    if existing is not None and _live_processes(existing):
         print(
             f"hin up: a network is already running from {state_dir} "
-            f"(supervisor pid {existing.supervisor_pid}); run `hin down` first",
+            f"(processes {_live_processes(existing)}); run `hin down` first",
             file=sys.stderr,
         )
         return 1
@@ -85,6 +85,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print_endpoints(state)
     return 0
+
+
+def _live_processes(state: NetworkState) -> list[int]:
+    pids = [state.supervisor_pid, state.ingress_pid]
+    for service in state.services.values():
+        for replica in service.replicas:
+            pids += [replica.pid, replica.sidecar_pid]
+    return [pid for pid in pids if process_alive(pid)]
 
 
 def _spawn_supervisor(

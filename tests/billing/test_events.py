@@ -200,16 +200,27 @@ async def test_redelivery_posts_no_charge(
 async def test_charge_posted_events_published(
     billing: Billing, patients: dict[str, list[str]], kafka_bootstrap: str
 ) -> None:
+    expected = set(patients["visits"] + patients["results"])
+
+    def charge_posted(
+        records: list[tuple[dict[str, str], bytes]],
+    ) -> list[billing_events.ChargePosted]:
+        return [
+            billing_events.ChargePosted.FromString(value)
+            for headers, value in records
+            if headers.get("ce_type") == "hin.billing.v1.ChargePosted"
+        ]
+
+    def all_seen(records: list[tuple[dict[str, str], bytes]]) -> bool:
+        sources = {event.source_event_id for event in charge_posted(records)}
+        return expected <= sources
+
     records = await asyncio.to_thread(
-        read_topic, kafka_bootstrap, "hin.billing.events.v1"
+        read_topic, kafka_bootstrap, "hin.billing.events.v1", complete=all_seen
     )
-    posted = [
-        billing_events.ChargePosted.FromString(value)
-        for headers, value in records
-        if headers.get("ce_type") == "hin.billing.v1.ChargePosted"
-    ]
+    posted = charge_posted(records)
     sources = {event.source_event_id for event in posted}
-    for event_id in patients["visits"] + patients["results"]:
+    for event_id in expected:
         assert event_id in sources
     # One ChargePosted per causing event, even after the redelivery above.
     ours = [e for e in posted if e.source_event_id in set(patients["visits"])]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from typing import Any
 
 import grpc
 import pytest
@@ -17,6 +18,7 @@ from hin.billing.v1 import events_pb2 as events
 from hin.common.v1 import types_pb2 as types
 from svc_billing import domain
 from tests.billing.conftest import Billing
+from tests.billing.upstream import read_topic
 
 VISIT = "urn:hin:code:visit-type"
 LOINC = "http://loinc.org"
@@ -625,3 +627,65 @@ async def test_price_list_loaded_once(billing: Billing) -> None:
         "visit-general",
         "visit-specialist",
     ]
+
+
+async def test_invalid_page_token_named(billing: Billing) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await billing.stub.ListCharges(
+            pb.ListChargesRequest(
+                patient_id=new_patient(), page=types.PageRequest(page_token="x")
+            ),
+            metadata=billing.clerk,
+        )
+    assert "page.page_token" in field_violations(caught.value)
+
+
+async def test_money_events_published(billing: Billing, kafka_bootstrap: str) -> None:
+    patient_id = new_patient()
+    invoice = await invoice_with_policy(billing, patient_id)
+    claim = await create_claim(billing, invoice.invoice_id)
+    await billing.stub.SubmitClaim(
+        pb.SubmitClaimRequest(claim_id=claim.claim_id), metadata=billing.clerk
+    )
+    await billing.stub.RecordPayment(
+        pb.RecordPaymentRequest(
+            idempotency_key=key(),
+            patient_id=patient_id,
+            invoice_id=invoice.invoice_id,
+            amount=egp(4500),
+            method="cash",
+        ),
+        metadata=billing.clerk,
+    )
+    wanted = {
+        "hin.billing.v1.ChargePosted": events.ChargePosted,
+        "hin.billing.v1.InvoiceIssued": events.InvoiceIssued,
+        "hin.billing.v1.ClaimSubmitted": events.ClaimSubmitted,
+        "hin.billing.v1.ClaimAdjudicated": events.ClaimAdjudicated,
+        "hin.billing.v1.PaymentReceived": events.PaymentReceived,
+    }
+
+    def of_patient(records: list[tuple[dict[str, str], bytes]]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for headers, value in records:
+            event_type = headers.get("ce_type", "")
+            if event_type in wanted:
+                event = wanted[event_type].FromString(value)
+                if event.patient_id == patient_id:
+                    found[event_type] = event
+        return found
+
+    records = await asyncio.to_thread(
+        read_topic,
+        kafka_bootstrap,
+        "hin.billing.events.v1",
+        complete=lambda records: len(of_patient(records)) == len(wanted),
+    )
+    found = of_patient(records)
+    assert found["hin.billing.v1.InvoiceIssued"].total == egp(GENERAL_VISIT_PRICE)
+    assert found["hin.billing.v1.InvoiceIssued"].payer_responsibility == egp(25500)
+    assert found["hin.billing.v1.ClaimSubmitted"].attempt == 1
+    adjudicated = found["hin.billing.v1.ClaimAdjudicated"]
+    assert adjudicated.outcome == events.ADJUDICATION_OUTCOME_APPROVED
+    assert adjudicated.approved == egp(25500)
+    assert found["hin.billing.v1.PaymentReceived"].amount == egp(4500)

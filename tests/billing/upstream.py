@@ -130,10 +130,19 @@ async def wait_until(
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
-def read_topic(bootstrap: str, topic: str, *, idle_seconds: float = 3.0) -> list[
-    tuple[dict[str, str], bytes]
-]:
-    """Read every record of ``topic`` from the start until it stays idle."""
+def read_topic(
+    bootstrap: str,
+    topic: str,
+    *,
+    complete: Callable[[list[tuple[dict[str, str], bytes]]], bool],
+    timeout: float = 60.0,
+    idle_seconds: float = 2.0,
+) -> list[tuple[dict[str, str], bytes]]:
+    """Read ``topic`` from the start until ``complete`` holds and it goes idle.
+
+    Reading on for ``idle_seconds`` after ``complete`` holds lets a test see
+    records that should not be there, such as duplicates.
+    """
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
@@ -146,24 +155,23 @@ def read_topic(bootstrap: str, topic: str, *, idle_seconds: float = 3.0) -> list
     )
     consumer.subscribe([topic])
     records: list[tuple[dict[str, str], bytes]] = []
-    last = time.monotonic()
-    started = last
+    deadline = time.monotonic() + timeout
+    done_at: float | None = None
     try:
-        while True:
+        while time.monotonic() < deadline:
             message = consumer.poll(0.2)
-            now = time.monotonic()
-            if message is None or message.error():
-                # Wait for the group's first assignment before counting idle.
-                if records and now - last > idle_seconds:
-                    break
-                if not records and now - started > idle_seconds + 10:
-                    break
-                continue
-            last = now
-            headers = {
-                name: (value or b"").decode() for name, value in message.headers() or []
-            }
-            records.append((headers, message.value() or b""))
+            if message is not None and not message.error():
+                headers = {
+                    name: (value or b"").decode()
+                    for name, value in message.headers() or []
+                }
+                records.append((headers, message.value() or b""))
+                if done_at is not None:
+                    done_at = time.monotonic()
+            if done_at is None and complete(records):
+                done_at = time.monotonic()
+            if done_at is not None and time.monotonic() - done_at > idle_seconds:
+                return records
     finally:
         consumer.close()
-    return records
+    raise AssertionError(f"timed out after {timeout} s reading {topic}")

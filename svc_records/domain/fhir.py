@@ -104,12 +104,17 @@ def read_bundle(data: bytes) -> list[BundleEntry]:
         raise FhirError("Bundle.entry must be a list")
     result = []
     for index, entry in enumerate(entries):
-        resource = entry.get("resource") if isinstance(entry, dict) else None
+        if not isinstance(entry, dict):
+            entry = {}
+        resource = entry.get("resource")
         if not isinstance(resource, dict):
             resource = {}
+        full_url = entry.get("fullUrl")
         result.append(
             BundleEntry(
-                index=index, full_url=str(entry.get("fullUrl", "")), resource=resource
+                index=index,
+                full_url=full_url if isinstance(full_url, str) else "",
+                resource=resource,
             )
         )
     return result

@@ -402,3 +402,29 @@ async def test_unowned_types_are_ignored(imported: Any) -> None:
     }
     outcomes = await import_outcomes(server, bundle_of(observation))
     assert [o.status for o in outcomes] == [fhir_pb2.FHIR_IMPORT_STATUS_IGNORED]
+
+
+async def test_malformed_entries_get_outcomes(imported: Any) -> None:
+    server, _, _ = imported
+    data = json.dumps(
+        {
+            "resourceType": "Bundle",
+            "type": "batch",
+            "entry": [
+                True,
+                {"resource": 5},
+                {
+                    "fullUrl": 3,
+                    "resource": {"resourceType": "Patient", "identifier": 5},
+                },
+                {"resource": {"resourceType": "Encounter", "class": [], "id": "e-x"}},
+            ],
+        }
+    ).encode()
+    outcomes = await import_outcomes(server, data)
+    assert [o.status for o in outcomes] == [
+        fhir_pb2.FHIR_IMPORT_STATUS_IGNORED,
+        fhir_pb2.FHIR_IMPORT_STATUS_IGNORED,
+        REJECTED,
+        REJECTED,
+    ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from bus_sample import HANDLER, SampleBase, count_notes, effects, write_update
@@ -21,6 +22,7 @@ from mesh.runtime.events import (
     outbox_table,
     prune,
 )
+from mesh.runtime.events.relay import PublisherLock
 from mesh.runtime.principal import (
     Principal,
     PrincipalKind,
@@ -298,3 +300,24 @@ def test_prune_keeps_everything_without_retention(sample_db: Database) -> None:
         )
     assert prune(sample_db, outbox_retention=None, inbox_retention=None) == (0, 0)
     assert len(outbox_rows(sample_db)) == 1
+
+
+@pytest.mark.postgres
+def test_publisher_lock_admits_one_relay(postgres_sample_db: Database) -> None:
+    first = PublisherLock(postgres_sample_db)
+    second = PublisherLock(postgres_sample_db)
+    try:
+        assert first.acquire() is True
+        assert first.acquire() is True
+        assert second.acquire() is False
+        first.release()
+        assert second.acquire() is True
+    finally:
+        first.release()
+        second.release()
+
+
+def test_publisher_lock_always_held_on_sqlite(tmp_path: Path) -> None:
+    db = Database(f"sqlite:///{tmp_path / 'lock.db'}")
+    assert PublisherLock(db).acquire() is True
+    assert PublisherLock(db).acquire() is True

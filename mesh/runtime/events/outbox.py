@@ -51,6 +51,11 @@ class Outbox:
         the partition, so one patient's events stay in order. ``subject`` is
         the CloudEvents subject; both must be opaque ids.
 
+        Call it after the write of the state change. The relay publishes in
+        the order of the outbox row ids, and on PostgreSQL that order is the
+        commit order of one aggregate's events only when each transaction
+        took the aggregate's row lock before it added its outbox row.
+
         Raises:
             ValueError: the event has no ``context`` field, or ``key`` is empty.
         """

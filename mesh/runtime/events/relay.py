@@ -15,7 +15,8 @@ from opentelemetry import context as otel_context
 from opentelemetry import trace
 from opentelemetry.trace import SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
-from sqlalchemy import Row, delete, func, select, update
+from sqlalchemy import Connection, Row, delete, func, select, text, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from mesh.runtime.events.envelope import HeaderValue, cloudevents_headers
 from mesh.runtime.events.kafka_log import KAFKA_LOGGER
@@ -30,6 +31,10 @@ _propagator = TraceContextTextMapPropagator()
 #: Batches in a row with failed delivery reports before the producer is
 #: replaced.
 REPLACE_AFTER_FAILURES = 3
+
+#: Advisory lock key of the outbox relay, the same in every service database
+#: (advisory locks are scoped to one database).
+PUBLISHER_LOCK_KEY = 0x48494E4F5554  # "HINOUT"
 
 ProducerFactory = Callable[[dict[str, Any]], Producer]
 #: Called with the seq numbers of a batch after the broker confirmed all of
@@ -123,6 +128,7 @@ class OutboxRelay:
         self._thread: threading.Thread | None = None
         self._failures = 0
         self._failed_batches = 0
+        self._publisher_lock = PublisherLock(db)
         self._next_prune = 0.0
 
     def start(self) -> None:
@@ -163,6 +169,7 @@ class OutboxRelay:
         self._thread.join(timeout)
         self._outbox.unsubscribe(self.wake)
         self._close_producer(timeout=max(0.0, min(timeout, 5.0)))
+        self._publisher_lock.release()
         self._thread = None
         logger.info(
             "outbox relay stopped",
@@ -237,9 +244,13 @@ class OutboxRelay:
         while not self._stopping.is_set():
             self._wake.clear()
             try:
-                self.publish_pending()
-                self._prune_if_due()
-                pending = self.pending_count()
+                if self._publisher_lock.acquire():
+                    self.publish_pending()
+                    self._prune_if_due()
+                    pending = self.pending_count()
+                else:
+                    # Another replica's relay publishes; this one stands by.
+                    pending = 0
             except Exception:
                 logger.exception("outbox relay pass failed; retrying")
                 pending = -1
@@ -483,6 +494,61 @@ class OutboxRelay:
             return self.pending_count()
         except Exception:
             return -1
+
+
+class PublisherLock:
+    """Let one relay per PostgreSQL database publish; the others stand by.
+
+    Replicas of a service share its database. Two relays publishing the same
+    rows would send duplicates and could interleave one key's events, so each
+    relay holds a session-level advisory lock on a connection of its own
+    while it publishes. A lost connection releases the lock, and another
+    replica takes over. SQLite needs no lock because its file is used by one
+    process.
+    """
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+        self._connection: Connection | None = None
+        self._held = False
+
+    def acquire(self) -> bool:
+        """Return True when this relay holds the lock, taking it if free."""
+        if self._db.is_sqlite:
+            return True
+        try:
+            if self._connection is None:
+                self._connection = self._db.engine.connect()
+            if self._held:
+                # The lock lives as long as the session; check that it does.
+                self._connection.execute(text("SELECT 1"))
+            else:
+                self._held = bool(
+                    self._connection.execute(
+                        text("SELECT pg_try_advisory_lock(:key)"),
+                        {"key": PUBLISHER_LOCK_KEY},
+                    ).scalar()
+                )
+                if self._held:
+                    logger.info("outbox relay took the publisher lock")
+            self._connection.commit()
+        except SQLAlchemyError as exc:
+            logger.warning(
+                "publisher lock connection failed", extra={"error": type(exc).__name__}
+            )
+            self.release()
+        return self._held
+
+    def release(self) -> None:
+        """Release the lock by closing its connection."""
+        connection, self._connection = self._connection, None
+        self._held = False
+        if connection is None:
+            return
+        # Invalidating closes the database session instead of returning it to
+        # the pool, where it would keep the lock.
+        connection.invalidate()
+        connection.close()
 
 
 def prune(

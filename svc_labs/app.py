@@ -50,6 +50,7 @@ def create_app(ctx: BuildContext) -> LabsApp:
     background = []
     if settings.mllp is not None:
         listener = MllpListener(options=settings.mllp, handler=ingestor.handle)
+        listener.bind()
         background.append(listener.run)
     spec = ServiceSpec(
         name="labs",

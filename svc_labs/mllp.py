@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -57,18 +58,39 @@ class MllpListener:
         self._options = options
         self._handler = handler
         self._server: asyncio.Server | None = None
+        self._socket: socket.socket | None = None
         self.port = 0
         self._connections: set[asyncio.Task[None]] = set()
 
+    def bind(self) -> int:
+        """Bind the listening socket now and return its port.
+
+        Binding before the service reports SERVING makes a taken port fail
+        the start instead of a background task.
+        """
+        if self._socket is None:
+            family = socket.AF_INET6 if ":" in self._options.host else socket.AF_INET
+            listening = socket.socket(family, socket.SOCK_STREAM)
+            try:
+                listening.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                listening.bind((self._options.host, self._options.port))
+                listening.listen(128)
+            except OSError:
+                listening.close()
+                raise
+            listening.setblocking(False)
+            self._socket = listening
+            self.port = listening.getsockname()[1]
+        return self.port
+
     async def start(self) -> int:
-        """Bind the listening socket and return the bound port."""
+        """Start accepting connections and return the bound port."""
+        self.bind()
         self._server = await asyncio.start_server(
             self._serve_connection,
-            host=self._options.host,
-            port=self._options.port,
+            sock=self._socket,
             limit=self._options.max_frame_bytes + 1024,
         )
-        self.port = self._server.sockets[0].getsockname()[1]
         logger.info("MLLP listener started", extra={"port": self.port})
         return self.port
 
@@ -91,6 +113,7 @@ class MllpListener:
         await asyncio.gather(*self._connections, return_exceptions=True)
         await self._server.wait_closed()
         self._server = None
+        self._socket = None
         logger.info("MLLP listener stopped")
 
     async def _serve_connection(

@@ -137,11 +137,6 @@ async def running_labs(
     await host.start()
     listener = apps[0].listener
     assert listener is not None
-    # The listener binds in its background task; wait until it has a port.
-    for _ in range(200):
-        if listener.port:
-            break
-        await asyncio.sleep(0.01)
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{host.port}")
     try:
         yield Running(

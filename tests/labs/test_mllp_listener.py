@@ -109,3 +109,10 @@ async def test_idle_connection_closed(listener: tuple[MllpListener, Recorder]) -
     reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
     assert await asyncio.wait_for(reader.read(), 10) == b""
     writer.close()
+
+
+async def test_taken_port_fails_bind(listener: tuple[MllpListener, Recorder]) -> None:
+    server, recorder = listener
+    second = MllpListener(options=MllpOptions(port=server.port), handler=recorder)
+    with pytest.raises(OSError):
+        second.bind()

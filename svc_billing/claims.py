@@ -211,6 +211,9 @@ def record_adjudication(
     invoice = load_invoice(session, claim.invoice_id)
     invoice.payer_responsibility_minor = approved
     invoice.patient_responsibility_minor = invoice.total_minor - approved
+    if invoice.status != "void":
+        settled = invoice.patient_paid_minor >= invoice.patient_responsibility_minor
+        invoice.status = "paid" if settled else "issued"
     invoice.version += 1
     session.add(invoice)
 

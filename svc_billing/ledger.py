@@ -603,7 +603,9 @@ def record_payment(
     invoice = None
     if item.invoice_id:
         invoice = load_invoice(session, item.invoice_id)
-        check_payment_fits(invoice, item, patient_id)
+        check_payment_fits(
+            invoice, item, patient_id, payer_paid(session, item.invoice_id)
+        )
 
     row = store.PaymentRow(
         payment_id=new_id(),
@@ -643,9 +645,16 @@ def record_payment(
 
 
 def check_payment_fits(
-    invoice: store.InvoiceRow, item: PaymentInput, patient_id: str
+    invoice: store.InvoiceRow,
+    item: PaymentInput,
+    patient_id: str,
+    payer_paid_minor: int,
 ) -> None:
-    """Reject a payment for another patient's invoice, or one that overpays."""
+    """Reject a payment for another patient's invoice, or one that overpays.
+
+    A payer may pay up to its responsibility on the invoice, which is the
+    approved amount once its claim was adjudicated.
+    """
     violations: list[FieldViolation] = []
     if invoice.patient_id != patient_id:
         violations.append(
@@ -661,19 +670,38 @@ def check_payment_fits(
         violations.append(
             FieldViolation("invoice_id", f"invoice {invoice.invoice_id} is void")
         )
-    if not item.payer_id:
+    if item.payer_id and item.payer_id != invoice.payer_id:
+        violations.append(
+            FieldViolation("payer_id", f"invoice {invoice.invoice_id} is covered "
+                           f"by payer {invoice.payer_id or '(none)'}")
+        )
+    if item.payer_id:
+        owed = invoice.payer_responsibility_minor - payer_paid_minor
+        debtor = "payer"
+    else:
         owed = invoice.patient_responsibility_minor - invoice.patient_paid_minor
-        if item.amount.minor_units > owed:
-            violations.append(
-                FieldViolation("amount.minor_units", f"exceeds the {owed} minor "
-                               "units the patient still owes on the invoice")
-            )
+        debtor = "patient"
+    if item.amount.minor_units > owed:
+        violations.append(
+            FieldViolation("amount.minor_units", f"exceeds the {owed} minor units "
+                           f"the {debtor} still owes on the invoice")
+        )
     if violations:
         raise InvalidPayment(
             f"payment does not fit invoice {invoice.invoice_id}",
             violations=violations,
             reason="PAYMENT_MISMATCH",
         )
+
+
+def payer_paid(session: Session, invoice_id: str) -> int:
+    """Sum the payer payments recorded against an invoice."""
+    rows = session.exec(
+        select(store.PaymentRow).where(
+            store.PaymentRow.invoice_id == invoice_id, store.PaymentRow.payer_id != ""
+        )
+    )
+    return sum(row.amount_minor for row in rows)
 
 
 def invoice_balance(session: Session, invoice_id: str) -> int:

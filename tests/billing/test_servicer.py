@@ -689,3 +689,55 @@ async def test_money_events_published(billing: Billing, kafka_bootstrap: str) ->
     assert adjudicated.outcome == events.ADJUDICATION_OUTCOME_APPROVED
     assert adjudicated.approved == egp(25500)
     assert found["hin.billing.v1.PaymentReceived"].amount == egp(4500)
+
+
+async def test_payer_payment_checked(billing: Billing) -> None:
+    patient_id = new_patient()
+    invoice = await invoice_with_policy(billing, patient_id)
+    for payer_id, amount, field in (
+        ("payer-other", 1000, "payer_id"),
+        ("payer-misr", 25501, "amount.minor_units"),
+    ):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await billing.stub.RecordPayment(
+                pb.RecordPaymentRequest(
+                    idempotency_key=key(),
+                    patient_id=patient_id,
+                    payer_id=payer_id,
+                    invoice_id=invoice.invoice_id,
+                    amount=egp(amount),
+                    method="payer-remittance",
+                ),
+                metadata=billing.clerk,
+            )
+        assert field in field_violations(caught.value), payer_id
+
+
+async def test_partial_adjudication_reopens_invoice(billing: Billing) -> None:
+    patient_id = new_patient()
+    invoice = await invoice_with_policy(billing, patient_id, benefit_limit=egp(20000))
+    await billing.stub.RecordPayment(
+        pb.RecordPaymentRequest(
+            idempotency_key=key(),
+            patient_id=patient_id,
+            invoice_id=invoice.invoice_id,
+            amount=egp(4500),
+            method="cash",
+        ),
+        metadata=billing.clerk,
+    )
+    paid = await billing.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=invoice.invoice_id), metadata=billing.clerk
+    )
+    assert paid.invoice.status == pb.INVOICE_STATUS_PAID
+
+    claim = await create_claim(billing, invoice.invoice_id)
+    await billing.stub.SubmitClaim(
+        pb.SubmitClaimRequest(claim_id=claim.claim_id), metadata=billing.clerk
+    )
+    reopened = await billing.stub.GetInvoice(
+        pb.GetInvoiceRequest(invoice_id=invoice.invoice_id), metadata=billing.clerk
+    )
+    # The payer approved 20000 of 25500; the patient now owes 5500 more.
+    assert reopened.invoice.status == pb.INVOICE_STATUS_ISSUED
+    assert reopened.invoice.patient_responsibility == egp(10000)

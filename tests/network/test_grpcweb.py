@@ -97,3 +97,28 @@ def test_idle_stream_delivers_after_minutes(mesh_network: RunningNetwork) -> Non
     )
     assert [r["sequence"] for r in replies] == [0, 1, 2]
     assert replies[-1]["at_ms"] >= 120_000
+
+
+def test_trailers_only_error_readable_by_browser(
+    mesh_network: RunningNetwork,
+) -> None:
+    from hin.echo.v1 import echo_service_pb2 as pb
+
+    # A grpc-web request as a browser's fetch sends it: one length-prefixed
+    # message, and an Origin header that makes the response subject to CORS.
+    message = pb.EchoRequest(message="x", fail_with_code=7).SerializeToString()
+    body = b"\x00" + len(message).to_bytes(4, "big") + message
+    response = httpx.post(
+        f"http://{mesh_network.state.ingress}/hin.echo.v1.EchoService/Echo",
+        content=body,
+        headers={
+            "Origin": "http://localhost:3000",
+            "Content-Type": "application/grpc-web+proto",
+            "X-Grpc-Web": "1",
+            "Authorization": f"Bearer {person_token(mesh_network.state_dir)}",
+        },
+    )
+    assert response.headers["grpc-status"] == "7"
+    assert "PERMISSION_DENIED" in response.headers["grpc-message"]
+    exposed = set(response.headers["access-control-expose-headers"].split(","))
+    assert {"grpc-status", "grpc-message"} <= exposed

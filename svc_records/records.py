@@ -19,6 +19,7 @@ from sqlmodel import Session
 from hin.common.v1 import types_pb2
 from hin.records.v1 import events_pb2
 from hin.records.v1 import records_service_pb2 as pb
+from mesh.runtime.principal import current_principal
 from svc_records import store
 from svc_records.domain import fhir as fhir_domain
 from svc_records.domain import patients as rules
@@ -171,12 +172,26 @@ def create_patient(
     )
     outbox.add(
         session,
-        events_pb2.PatientRegistered(patient=snapshot(row)),
+        events_pb2.PatientRegistered(
+            context=event_context(row.managing_organization_id),
+            patient=snapshot(row),
+        ),
         key=row.patient_id,
         subject=row.patient_id,
     )
     logger.info("patient registered", extra={"patient_id": row.patient_id})
     return row
+
+
+def event_context(organization_id: str = "") -> types_pb2.EventContext:
+    """Return an event context naming the organization the event happened in.
+
+    That is the caller's organization, else ``organization_id`` (the
+    patient's managing organization or the appointment's). The outbox fills
+    the event id, time, actor and trace id.
+    """
+    caller = current_principal().organization_id
+    return types_pb2.EventContext(organization_id=caller or organization_id)
 
 
 def resolve_survivor(session: Session, patient_id: str) -> store.PatientRow | None:
@@ -234,6 +249,7 @@ def add_chart_entry(
 def encounter_recorded(encounter: pb.Encounter) -> events_pb2.EncounterRecorded:
     """Build the EncounterRecorded event of an encounter."""
     event = events_pb2.EncounterRecorded(
+        context=event_context(encounter.organization_id),
         patient_id=encounter.patient_id,
         encounter_id=encounter.encounter_id,
         encounter_class=encounter.encounter_class,

@@ -174,6 +174,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 self._outbox.add(
                     session,
                     events_pb2.PatientRecordUpdated(
+                        context=records.event_context(row.managing_organization_id),
                         patient=records.snapshot(row),
                         changed_fields=rules.snapshot_fields(changed),
                     ),
@@ -331,6 +332,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         self._outbox.add(
             session,
             events_pb2.PatientsMerged(
+                context=records.event_context(survivor.managing_organization_id),
                 surviving_patient_id=survivor.patient_id,
                 merged_patient_id=merged.patient_id,
                 survivor=records.snapshot(survivor),

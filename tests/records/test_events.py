@@ -162,6 +162,8 @@ async def test_patient_registered_carries_trace(
     assert headers["content-type"] == "application/protobuf"
     assert headers["traceparent"].split("-")[1] == trace_id
     assert event.context.trace_id == trace_id
+    assert event.context.actor == "dr-1"
+    assert event.context.organization_id == "org-1"
     assert event.patient.patient_id == patient_id
     assert event.patient.version == 1
 

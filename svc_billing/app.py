@@ -44,6 +44,11 @@ def make_build(*, payer: Payer | None = None) -> BuildFunction:
         price_list = Path(
             settings.service_setting("price_list", "") or ledger.default_price_list()
         )
+        if not price_list.is_file():
+            raise SettingsError(
+                f"HIN_BILLING_PRICE_LIST={str(price_list)!r} is not a file; give "
+                "the path of a JSON price list or unset it to use the default"
+            )
 
         # The host migrates after build() returns and starts the consumer
         # right after. The price list must be in place before the first event

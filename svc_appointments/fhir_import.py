@@ -279,7 +279,7 @@ class FhirImporter:
         if existing is not None:
             return existing, Status.FHIR_IMPORT_STATUS_DUPLICATE
         organization_id = ""
-        managing = _reference(resource.get("managingOrganization"))
+        managing = _reference(resource.get("managingOrganization"), "Organization")
         if managing:
             organization_id = _resolve_required(
                 session, managing, "Organization", context, "managingOrganization"
@@ -321,7 +321,7 @@ class FhirImporter:
                 session, individual, "Practitioner", context, "participant.individual"
             )
         organization_id = ""
-        provider = _reference(resource.get("serviceProvider"))
+        provider = _reference(resource.get("serviceProvider"), "Organization")
         if provider:
             organization_id = _resolve_required(
                 session, provider, "Organization", context, "serviceProvider"
@@ -329,7 +329,7 @@ class FhirImporter:
         location_id = ""
         locations = resource.get("location") or []
         if locations:
-            location_ref = _reference(locations[0].get("location"))
+            location_ref = _reference(locations[0].get("location"), "Location")
             if location_ref:
                 location_id = _resolve_required(
                     session, location_ref, "Location", context, "location[0].location"
@@ -381,9 +381,21 @@ def _references_of(entry: dict[str, Any], resource_type: str) -> Iterable[str]:
         yield f"urn:uuid:{resource_id}"
 
 
-def _reference(value: Any) -> str:
-    if isinstance(value, dict):
-        return str(value.get("reference") or "")
+def _reference(value: Any, resource_type: str) -> str:
+    """Return a Reference's literal reference as text.
+
+    A logical reference (``{"identifier": {...}}`` with no ``reference``, as
+    in Synthea's Location.managingOrganization) becomes the equivalent
+    conditional reference ``<type>?identifier=<system>|<value>``.
+    """
+    if not isinstance(value, dict):
+        return ""
+    if value.get("reference"):
+        return str(value["reference"])
+    identifier = value.get("identifier")
+    if isinstance(identifier, dict) and identifier.get("value"):
+        system = identifier.get("system", "")
+        return f"{resource_type}?identifier={system}|{identifier['value']}"
     return ""
 
 
@@ -398,7 +410,7 @@ def _preassigned(
 
 
 def _resolve_patient(resource: dict[str, Any], context: _BundleContext) -> str:
-    reference = _reference(resource.get("subject"))
+    reference = _reference(resource.get("subject"), "Patient")
     if not reference:
         raise ResourceRejected("Encounter.subject is missing")
     candidates = [reference]
@@ -466,10 +478,12 @@ def _performer_reference(resource: dict[str, Any]) -> str:
             for concept in participant.get("type") or []
             for coding in concept.get("coding") or []
         }
-        if "PPRF" in codes and _reference(participant.get("individual")):
-            return _reference(participant.get("individual"))
+        if "PPRF" in codes and _reference(
+            participant.get("individual"), "Practitioner"
+        ):
+            return _reference(participant.get("individual"), "Practitioner")
     for participant in participants:
-        reference = _reference(participant.get("individual"))
+        reference = _reference(participant.get("individual"), "Practitioner")
         if reference:
             return reference
     return ""

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from hin.appointments.v1 import appointments_service_pb2 as pb
 from hin.common.v1 import fhir_pb2
 from mesh.runtime.events import outbox_table
-from svc_appointments.store import AppointmentRow, PractitionerRow
+from svc_appointments.store import AppointmentRow, LocationRow, PractitionerRow
 
 from .conftest import Running
 
@@ -69,6 +69,18 @@ async def import_all(service: Running, files: list[Path]) -> Counter[tuple[str, 
     return counts
 
 
+def identifier_set(
+    bundles: list[dict[str, Any]], resource_type: str
+) -> set[tuple[str, str]]:
+    """Return the distinct identifiers of one resource type in the bundles."""
+    return {
+        (identifier["system"], identifier["value"])
+        for bundle in bundles
+        for entry in resources(bundle, resource_type)
+        for identifier in entry["resource"].get("identifier", [])
+    }
+
+
 def count_rows(service: Running, statement: Any) -> int:
     with service.host.db.transaction() as session:
         return int(session.execute(statement).scalar_one())
@@ -87,6 +99,8 @@ async def test_import_counts_match_source_files(
         for identifier in entry["resource"]["identifier"]
         if identifier["system"] == NPI
     }
+    expected_organizations = identifier_set(bundles, "Organization")
+    expected_locations = identifier_set(bundles, "Location")
     expected_encounters = {
         entry["resource"]["id"]
         for bundle in bundles
@@ -99,6 +113,9 @@ async def test_import_counts_match_source_files(
     assert first[("Practitioner", IMPORTED)] == len(expected_practitioners)
     assert first[("Encounter", IMPORTED)] == len(expected_encounters)
     assert first[("Encounter", REJECTED)] == 0
+    assert first[("Organization", IMPORTED)] == len(expected_organizations)
+    assert first[("Location", IMPORTED)] == len(expected_locations)
+    assert first[("Location", REJECTED)] == 0
     assert sum(n for (_, status), n in second.items() if status == IMPORTED) == 0
     assert second[("Encounter", DUPLICATE)] == len(expected_encounters)
     assert count_rows(service, select(func.count()).select_from(PractitionerRow)) == (
@@ -124,6 +141,24 @@ async def test_import_emits_no_events(service: Running, shared_data: Path) -> No
     )
 
     assert completed == 0
+
+
+async def test_locations_linked_to_organizations(
+    service: Running, shared_data: Path
+) -> None:
+    await import_all(service, bundle_files(shared_data))
+
+    unlinked = count_rows(
+        service,
+        select(func.count())
+        .select_from(LocationRow)
+        .where(LocationRow.organization_id == ""),  # type: ignore[arg-type]
+    )
+    locations = count_rows(service, select(func.count()).select_from(LocationRow))
+
+    # Every Location of the data names its organization by identifier.
+    assert locations > 0
+    assert unlinked == 0
 
 
 async def test_conditional_practitioner_reference_resolved(

@@ -428,7 +428,8 @@ class Supervisor:
                 if not process.alive:
                     raise StartupError(
                         f"service {name} replica {index} exited during start-up; "
-                        f"see {replica.log}"
+                        f"see {replica.log}, which ends with:\n"
+                        + _tail(Path(replica.log), lines=5)
                     )
                 status = await check_health(
                     replica.sidecar_inbound, name, credentials, timeout=2.0
@@ -632,6 +633,14 @@ def _free_ports() -> Iterator[Any]:
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _tail(path: Path, *, lines: int) -> str:
+    try:
+        text = path.read_text(errors="replace")
+    except OSError:
+        return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def _host_port(endpoint: str) -> str:

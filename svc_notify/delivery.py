@@ -50,6 +50,8 @@ class Job:
     skip_reason: str = ""
     #: End of the recipient's quiet hours, when the send must wait.
     defer_until: datetime | None = None
+    #: True when the reason may go away, so the attempt counts and is retried.
+    transient: bool = False
 
 
 class DeliveryWorker:
@@ -110,6 +112,10 @@ class DeliveryWorker:
             if job.defer_until is not None:
                 await self._db.run(self._defer, delivery_id, job.defer_until)
                 return
+            if job.message is None and job.transient:
+                pending = DeliveryError(job.skip_reason)
+                await self._db.run(self._record, delivery_id, pending)
+                return
             if job.message is None:
                 await self._db.run(self._skip, delivery_id, job.skip_reason)
                 return
@@ -168,6 +174,20 @@ class DeliveryWorker:
         if defer_until is not None:
             return Job(delivery.channel, None, defer_until=defer_until)
 
+        recipient = parse_recipient(delivery.recipient)
+        if recipient.kind is RecipientKind.PATIENT and delivery.channel in (
+            policy.EMAIL,
+            policy.SMS,
+        ):
+            if store.load_patient(session, recipient.id) is None:
+                # The registration travels on the records topic and may be
+                # applied after the event that caused this notification.
+                return Job(
+                    delivery.channel,
+                    None,
+                    "patient contact details are not known yet",
+                    transient=True,
+                )
         address, secret = self._address(session, delivery, preferences)
         if not address:
             return Job(

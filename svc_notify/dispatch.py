@@ -31,6 +31,7 @@ from svc_notify.domain.recipients import (
     Recipient,
     RecipientKind,
     parse_recipient,
+    patient,
     practitioner,
     recipient_principal,
 )
@@ -134,10 +135,13 @@ class Dispatcher:
             )
             return []
         if recipient.kind is RecipientKind.PATIENT:
-            contact = store.load_patient(session, recipient.id)
+            # A merge may have been applied after the handler stored the
+            # intent, because merges travel on the records topic.
+            survivor = store.resolve_patient(session, recipient.id)
+            contact = store.load_patient(session, survivor)
             if contact is not None and contact.deceased:
                 return []
-            return [recipient]
+            return [patient(survivor)]
         if recipient.kind is RecipientKind.PRACTITIONER:
             return [recipient]
         expanded = [recipient]

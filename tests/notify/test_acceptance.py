@@ -35,7 +35,7 @@ from hin.records.v1 import events_pb2 as records
 from mesh.runtime.events import producer_config, topic_for_event
 from mesh.runtime.events.envelope import cloudevents_headers, decode_headers
 from svc_notify.signing import WebhookSignatureError, verify_webhook
-from svc_notify.tables import CriticalAlertRow
+from svc_notify.tables import CriticalAlertRow, PatientContactRow
 from tests.notify.conftest import (
     ConsentAuthorizer,
     HttpReceiver,
@@ -79,7 +79,9 @@ async def net(
             "HIN_NOTIFY_SMTP_HOST": "127.0.0.1",
             "HIN_NOTIFY_SMTP_PORT": str(smtp_inbox.port),
             "HIN_NOTIFY_SMS_URL": http_receiver.url("/sms"),
+            # Retries start at 0.2 s and double; eight attempts span about 50 s.
             "HIN_NOTIFY_RETRY_BASE_SECONDS": "0.2",
+            "HIN_NOTIFY_MAX_ATTEMPTS": "8",
         },
         clock=clock,
         authorizer=authorizer,
@@ -562,6 +564,35 @@ async def test_result_email_reaches_smtp_server(
     assert "4.2" not in text
 
 
+async def test_email_waits_for_late_registration(
+    net, stub, upstream, smtp_inbox
+) -> None:
+    patient_id = ids("pat")
+    address = f"{patient_id}@example.org"
+    event = potassium(
+        patient_id=patient_id, ordering=ids("dr"), critical=False, value="4.4"
+    )
+    [event_id] = await upstream.publish((event, patient_id))
+
+    async def waiting_email() -> list[pb.Delivery]:
+        return [
+            d
+            for d in await deliveries(net, stub, event_id)
+            if d.channel == events.CHANNEL_EMAIL and d.attempts >= 1
+        ]
+
+    [waiting] = await eventually(waiting_email)
+    await upstream.publish((registered(patient_id, address), patient_id))
+
+    async def received() -> list[EmailMessage]:
+        return emails_to(smtp_inbox, address)
+
+    [email] = await eventually(received)
+    assert waiting.status == pb.DELIVERY_STATUS_PENDING
+    assert waiting.last_error == "patient contact details are not known yet"
+    assert email["Subject"] == "New test result"
+
+
 async def test_webhook_signed_and_retried(net, stub, upstream, http_receiver) -> None:
     practitioner_id = ids("dr")
     path = f"/hook/{practitioner_id}"
@@ -875,11 +906,19 @@ async def test_merged_patient_told_as_survivor(net, stub, upstream) -> None:
         amount=common.Money(currency="EGP", minor_units=35050),
         quantity=1,
     )
-    await upstream.publish(
-        (registered(merged_id), merged_id),
-        (merge, merged_id),
-        (charge, merged_id),
-    )
+    await upstream.publish((registered(merged_id), merged_id), (merge, merged_id))
+
+    # Records and billing events travel on different topics, so the merge is
+    # awaited before the charge is published.
+    async def merge_applied() -> bool:
+        def survivor_of(session: Any) -> str:
+            row = session.get(PatientContactRow, merged_id)
+            return row.surviving_patient_id if row else ""
+
+        return await net.host.db.run(survivor_of) == survivor_id
+
+    await eventually(merge_applied)
+    await upstream.publish((charge, merged_id))
 
     [notification] = await next_notifications(
         net, stub, f"patient:{survivor_id}", 1, patient_id=survivor_id

@@ -86,8 +86,7 @@ def read_value(
     """Fill ``value`` from OBX-5 according to the OBX-2 value type.
 
     Raises:
-        Hl7Error: the value does not match its type, or OBX-2 is missing or
-            unknown.
+        Hl7Error: the value does not match its type, or OBX-2 is missing.
     """
     location = segment.location(5)
     repetitions = segment.repetitions(5)

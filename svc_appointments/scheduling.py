@@ -511,6 +511,7 @@ class Scheduler:
         if previous is not None:
             return session.get_one(AppointmentRow, previous)
         require_bookable_patient(session, data.patient_id)
+        _require_active(practitioner)
         schedule = get_schedule(session, data.practitioner_id)
 
         now = self._clock()
@@ -553,13 +554,18 @@ class Scheduler:
         reason: str,
     ) -> AppointmentRow:
         """Move a booked appointment to another time or practitioner."""
+        # Lock order everywhere: practitioners by id, then appointments. The
+        # unlocked read only tells which practitioners to lock, and the
+        # version check after the appointment lock catches a change between.
+        unlocked = session.get(AppointmentRow, appointment_id)
+        current_practitioner = unlocked.practitioner_id if unlocked else ""
+        target_id = practitioner_id or current_practitioner
+        for locked_id in sorted({target_id, current_practitioner} - {""}):
+            _lock_practitioner(session, locked_id)
         row = _lock_appointment(session, appointment_id, expected_version)
         _require_transition_from(row, AppointmentStatus.BOOKED, "rescheduled")
-        target_id = practitioner_id or row.practitioner_id
-        # Two reschedules that swap practitioners take the locks in the same
-        # (id) order, so they cannot deadlock each other.
-        for locked_id in sorted({target_id, row.practitioner_id} - {""}):
-            _lock_practitioner(session, locked_id)
+        if target_id != row.practitioner_id:
+            _require_active(_get_practitioner(session, target_id))
         schedule = get_schedule(session, target_id)
 
         now = self._clock()
@@ -943,6 +949,16 @@ def _get_practitioner(session: Session, practitioner_id: str) -> PractitionerRow
             metadata={"practitioner_id": practitioner_id},
         )
     return row
+
+
+def _require_active(practitioner: PractitionerRow) -> None:
+    if not practitioner.active:
+        raise InvalidTransition(
+            f"practitioner {practitioner.id} is not active and takes no "
+            "appointments; choose another practitioner",
+            reason="PRACTITIONER_INACTIVE",
+            metadata={"practitioner_id": practitioner.id},
+        )
 
 
 def _lock_practitioner(session: Session, practitioner_id: str) -> PractitionerRow:

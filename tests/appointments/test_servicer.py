@@ -703,3 +703,44 @@ async def test_exception_retry_returns_moved_bookings(service: Running) -> None:
         first.rescheduled[0].appointment_id
     ]
     assert len(retried.schedule.exceptions) == 1
+
+
+async def test_reschedule_to_other_practitioner(service: Running) -> None:
+    first_id = await new_practitioner(service, "1000000023")
+    second_id = await new_practitioner(service, "1000000024")
+    service.register_patients("patient-handover-1")
+    booked = await service.stub.Book(
+        book_request("patient-handover-1", first_id, 9, 0),
+        metadata=service.scheduler_auth,
+    )
+    day = next_weekday(MONDAY)
+
+    moved = await service.stub.Reschedule(
+        pb.RescheduleRequest(
+            appointment_id=booked.appointment.appointment_id,
+            expected_version=1,
+            period=period(cairo(day, 9, 0), cairo(day, 9, 15)),
+            practitioner_id=second_id,
+            reason="first practitioner unavailable",
+        ),
+        metadata=service.scheduler_auth,
+    )
+    second_slots = await service.stub.FindSlots(
+        pb.FindSlotsRequest(
+            practitioner_id=second_id,
+            window=period(cairo(day, 9, 0), cairo(day, 9, 15)),
+        ),
+        metadata=service.scheduler_auth,
+    )
+    first_slots = await service.stub.FindSlots(
+        pb.FindSlotsRequest(
+            practitioner_id=first_id,
+            window=period(cairo(day, 9, 0), cairo(day, 9, 15)),
+        ),
+        metadata=service.scheduler_auth,
+    )
+
+    assert moved.appointment.practitioner_id == second_id
+    assert moved.appointment.version == 2
+    assert len(second_slots.slots) == 0
+    assert len(first_slots.slots) == 1

@@ -82,6 +82,13 @@ class Hl7Ingestor:
         Never raises: every failure becomes an AE or AR acknowledgment.
         """
         received_at = self._clock()
+        try:
+            return await self._handle(data, received_at)
+        except Exception:
+            logger.exception("handling an HL7 message failed; nothing was stored")
+            return self._internal_error_ack(Header(), received_at)
+
+    async def _handle(self, data: bytes, received_at: datetime) -> bytes:
         header = Header()
         try:
             header = read_header(decode_header(data))
@@ -119,12 +126,7 @@ class Hl7Ingestor:
                     "message_type": header.message_type,
                 },
             )
-            error = Hl7Error(
-                "the message could not be stored because of an internal error; "
-                "nothing was stored, send it again later",
-                code=CODE_APPLICATION_INTERNAL_ERROR,
-            )
-            return self._ack(header, StoredOutcome(ack.ERROR, error), received_at)
+            return self._internal_error_ack(header, received_at)
         logger.info(
             "HL7 message acknowledged",
             extra={
@@ -169,6 +171,14 @@ class Hl7Ingestor:
             },
         )
         return self._ack(header, outcome, received_at)
+
+    def _internal_error_ack(self, header: Header, now: datetime) -> bytes:
+        error = Hl7Error(
+            "the message could not be stored because of an internal error; "
+            "nothing was stored, send it again later",
+            code=CODE_APPLICATION_INTERNAL_ERROR,
+        )
+        return self._ack(header, StoredOutcome(ack.ERROR, error), now)
 
     def _ack(self, header: Header, outcome: StoredOutcome, now: datetime) -> bytes:
         return ack.build_ack(

@@ -555,8 +555,8 @@ class Scheduler:
     ) -> AppointmentRow:
         """Move a booked appointment to another time or practitioner."""
         # Lock order everywhere: practitioners by id, then appointments. The
-        # unlocked read only tells which practitioners to lock, and the
-        # version check after the appointment lock catches a change between.
+        # unlocked read only finds the practitioners to lock, and the version
+        # check after the appointment lock detects a change in between.
         unlocked = session.get(AppointmentRow, appointment_id)
         current_practitioner = unlocked.practitioner_id if unlocked else ""
         target_id = practitioner_id or current_practitioner

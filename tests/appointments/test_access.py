@@ -1,4 +1,4 @@
-"""What the servicer asks the authorizer, and how it applies the decision."""
+"""Authorization checks the servicer requests, and how it applies the decision."""
 
 from __future__ import annotations
 

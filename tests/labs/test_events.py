@@ -243,3 +243,46 @@ async def test_acknowledgement_event_published(
     assert acknowledged.result_id == recorded.result.result_id
     assert acknowledged.acknowledged_by == "prac-1"
     assert acknowledged.context.actor == "user-clinician"
+
+
+async def test_correct_result_rpc_emits_corrected(
+    labs: Running, reader: TopicReader
+) -> None:
+    sodium = types.Coding(system="http://loinc.org", code="2951-2")
+    order = await labs.stub.PlaceOrder(
+        pb.PlaceOrderRequest(patient_id="patient-fix", tests=[sodium]),
+        metadata=labs.clinician_auth,
+    )
+    recorded = await labs.stub.RecordResult(
+        pb.RecordResultRequest(
+            order_id=order.order.order_id,
+            test=sodium,
+            value=events.ResultValue(quantity="150", unit="mmol/L"),
+            status=events.ResultStatus.RESULT_STATUS_FINAL,
+        ),
+        metadata=labs.clinician_auth,
+    )
+    await labs.stub.CorrectResult(
+        pb.CorrectResultRequest(
+            result_id=recorded.result.result_id,
+            expected_version=1,
+            value=events.ResultValue(quantity="115", unit="mmol/L"),
+            reason="transcription error",
+        ),
+        metadata=labs.clinician_auth,
+    )
+
+    _, value, _ = await reader.wait_for(
+        lambda kind, value, key: (
+            kind == "hin.labs.v1.TestResultCorrected" and key == "patient-fix"
+        )
+    )
+    event = events.TestResultCorrected.FromString(value)
+    assert event.reason == "transcription error"
+    assert event.previous_version == 1
+    assert event.result.value.quantity == "115"
+    # 115 mmol/L is below the default sodium critical low of 120.
+    assert event.result.critical is True
+    assert (
+        event.result.interpretation == events.Interpretation.INTERPRETATION_CRITICAL_LOW
+    )

@@ -17,7 +17,7 @@ from confluent_kafka.admin import AdminClient
 
 logger = logging.getLogger(__name__)
 
-#: Time the broker gets to accept connections and answer a metadata request.
+#: Time the broker gets to accept connections and respond to a metadata request.
 START_TIMEOUT_SECONDS = 30.0
 #: Time the broker gets to exit after SIGTERM before it is killed. Tansu waits
 #: for open client connections on SIGTERM, and memory storage has nothing to
@@ -104,12 +104,25 @@ class EmbeddedBroker:
         return self._process is not None and self._process.poll() is None
 
     def start(self) -> EmbeddedBroker:
-        """Start the broker and wait until it answers a metadata request."""
+        """Start the broker and wait until it responds to a metadata request."""
         if self.running:
             return self
         if not self.port:
             self.port = free_loopback_port()
         _check_port_free(self.port)
+        self._process = self._spawn()
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        logger.info(
+            "embedded broker started",
+            extra={"port": self.port, "pid": self._process.pid},
+        )
+        return self
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
         url = f"tcp://127.0.0.1:{self.port}"
         command = [
             str(tansu_binary()),
@@ -125,7 +138,7 @@ class EmbeddedBroker:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
             self._log_file = self._log_path.open("ab")
         output = self._log_file if self._log_file is not None else subprocess.DEVNULL
-        self._process = subprocess.Popen(
+        return subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,
             stdout=output,
@@ -135,16 +148,6 @@ class EmbeddedBroker:
             # which then stops the broker in order.
             start_new_session=True,
         )
-        try:
-            self._wait_until_ready()
-        except BaseException:
-            self.stop()
-            raise
-        logger.info(
-            "embedded broker started",
-            extra={"port": self.port, "pid": self._process.pid},
-        )
-        return self
 
     def stop(self) -> None:
         """Stop the broker: SIGTERM, then SIGKILL after a deadline."""
@@ -191,7 +194,7 @@ class EmbeddedBroker:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise BrokerError(
-                    f"embedded broker on port {self.port} did not answer a "
+                    f"embedded broker on port {self.port} did not respond to a "
                     f"metadata request within {START_TIMEOUT_SECONDS:.0f} s"
                 )
             try:
@@ -224,8 +227,8 @@ class EmbeddedBroker:
 
 
 def _check_port_free(port: int) -> None:
-    # A Tansu process on a taken port exits only after the broker that holds
-    # the port answered the readiness check, so the check would pass. The
+    # A Tansu process on a taken port exits only after the broker that owns
+    # the port responded to the readiness check, so the check would pass. The
     # probe sets SO_REUSEADDR, so connections left in TIME_WAIT by a restart
     # do not block it but a listening socket does.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:

@@ -1,7 +1,7 @@
 """Sample service for the event bus tests: a store, a handler and a servicer.
 
 The servicer's Echo call stores a note for the patient id in ``message`` and
-writes a PatientRecordUpdated event in the same transaction; the handler
+writes a PatientRecordUpdated event in the same transaction. The handler
 records one effect row per applied event, so a duplicate shows as two rows.
 """
 
@@ -100,7 +100,11 @@ def count_notes(db: Database) -> int:
 
 
 class NoteServicer(pb_grpc.EchoServiceServicer):
-    """Echo service whose Echo stores a note and its event in one transaction."""
+    """Echo service whose Echo stores a note and its event in one transaction.
+
+    ``message`` is the patient id. The echo contract has no version field, so
+    ``delay_ms`` carries the note's version and is never waited on.
+    """
 
     def __init__(self, *, db: Database, outbox: Outbox) -> None:
         self._db = db

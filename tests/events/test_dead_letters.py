@@ -214,7 +214,7 @@ def test_undecodable_and_unknown_records(
         calls[envelope.id] += 1
         record_effect(session, event, envelope)
 
-    # An undecodable payload and an event type no handler knows, both on the
+    # An undecodable payload and an event type without a handler, both on the
     # patient's partition ahead of a valid event.
     key = f"p-{unique}"
     producer = Producer(

@@ -1,7 +1,7 @@
 """Event bus: transactional outbox, relay, idempotent consumer, dead letters.
 
 A service writes events with ``Outbox.add`` in the transaction of its state
-change; ``OutboxRelay`` publishes them; ``Handler`` functions run in the
+change, and ``OutboxRelay`` publishes them. ``Handler`` functions run in the
 consumer, each in one transaction with its inbox row. ``EventBus`` starts and
 stops these pieces for ``mesh.runtime.server.ServiceHost``.
 """

@@ -49,7 +49,7 @@ def ensure_topics(
     implicitly gets the broker's default partition count.
 
     Raises:
-        KafkaException: the broker rejected or did not answer a request.
+        KafkaException: the broker rejected a request or did not respond.
     """
     names = sorted(set(topics))
     admin = AdminClient(

@@ -86,7 +86,8 @@ class ConsumerOptions:
     #: First wait between attempts, in seconds; it doubles up to backoff_max.
     backoff_initial: float = 0.1
     backoff_max: float = 5.0
-    #: Longest wait inside one poll, in seconds; bounds how fast stop() acts.
+    #: Maximum wait inside one poll, in seconds. It bounds how long stop() waits
+    #: for an idle consumer.
     poll_timeout: float = 0.2
 
 
@@ -112,7 +113,7 @@ def consumer_config(
         # timeout on the embedded broker; production may raise it.
         "session.timeout.ms": 6000,
         "heartbeat.interval.ms": 1500,
-        # The embedded broker never answers a waiting fetch early, so this
+        # The embedded broker never returns a waiting fetch early, so this
         # bounds the produce-to-consume latency.
         "fetch.wait.max.ms": 10,
         # A consumer notices a subscribed topic that appeared (again, after a
@@ -136,7 +137,7 @@ class InvalidEvent(Exception):
 class EventConsumer:
     """Poll Kafka on a thread of its own and apply each record once.
 
-    Per record: skip it when no handler knows its ``ce_type``; decode it (an
+    Per record: skip it when no handler is registered for its ``ce_type``; decode it (an
     undecodable payload goes to the dead-letter topic at once); run the
     handler and write the inbox row in one transaction, retrying with
     exponential backoff; after ``max_attempts`` send it to ``<topic>.dlq``
@@ -526,7 +527,7 @@ def apply_event(
             return False
         handler.fn(session, event, envelope)
         # The primary key (group, event id) also rejects a concurrent
-        # duplicate: that transaction fails and its retry sees this row.
+        # duplicate. That transaction fails, and its retry finds this row.
         session.flush()
         connection.execute(
             insert(inbox_table).values(

@@ -83,7 +83,7 @@ def replay_dead_letters(
 
     The original headers go with each record, without the error headers. The
     replay group's offsets are committed only after the broker confirmed
-    every record, so a failed replay is repeated in full next time; the
+    every record, so a failed replay is repeated in full next time. The
     consumers' inbox skips events applied in between. Returns the number of
     records sent.
 

@@ -57,7 +57,7 @@ class Envelope:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-#: Envelope of the record whose handler runs in this context; the outbox reads
+#: Envelope of the record whose handler runs in this context. The outbox reads
 #: it to fill the causation id of the events that a handler writes.
 current_envelope: contextvars.ContextVar[Envelope | None] = contextvars.ContextVar(
     "hin_current_envelope", default=None

@@ -23,7 +23,7 @@ logger = logging.getLogger(__name__)
 
 _propagator = TraceContextTextMapPropagator()
 
-#: Session.info key set while the session's transaction holds new outbox rows.
+#: Session.info key, set while the session's transaction contains new outbox rows.
 _PENDING_KEY = "hin_outbox_pending"
 
 

@@ -37,8 +37,8 @@ REPLACE_AFTER_FAILURES = 3
 PUBLISHER_LOCK_KEY = 0x48494E4F5554  # "HINOUT"
 
 ProducerFactory = Callable[[dict[str, Any]], Producer]
-#: Called with the seq numbers of a batch after the broker confirmed all of
-#: them and before they are marked sent; tests use it to crash at that point.
+#: Called with the seq numbers of a batch after the broker confirmed them and
+#: before they are marked sent. Tests use it to crash at that point.
 DeliveryHook = Callable[[Sequence[int]], None]
 
 
@@ -94,8 +94,8 @@ class OutboxRelay:
     """Publish pending outbox rows in commit order and mark them sent.
 
     A row counts as sent only after its delivery report succeeded, so a crash
-    at any point re-sends rather than loses; consumers skip what they already
-    applied. The relay runs on its own thread: start, flush with a deadline,
+    at any point leads to a re-send, never to a loss. Consumers skip what they
+    already applied. The relay runs on its own thread: start, flush with a deadline,
     stop with a deadline.
     """
 
@@ -206,7 +206,7 @@ class OutboxRelay:
     def republish(self, *, since: datetime | None, until: datetime | None) -> int:
         """Publish again every row created in [since, until), sent or not.
 
-        This is the recovery path after the broker lost records; consumers
+        This is the recovery path after the broker lost records. Consumers
         skip the events they already applied. Returns the number of rows
         confirmed.
 
@@ -249,7 +249,7 @@ class OutboxRelay:
                     self._prune_if_due()
                     pending = self.pending_count()
                 else:
-                    # Another replica's relay publishes; this one stands by.
+                    # Another replica's relay publishes, so this one waits.
                     pending = 0
             except Exception:
                 logger.exception("outbox relay pass failed; retrying")
@@ -338,9 +338,10 @@ class OutboxRelay:
                 "failed_batches": self._failed_batches,
             },
         )
-        # A producer whose records keep failing (timed out while the broker
-        # was down, then stuck on its old producer id) does not recover by
-        # itself; a new one starts a new idempotence session.
+        # A producer whose records keep failing does not recover by itself.
+        # This happens when records timed out while the broker was down and
+        # the producer then stays on its old producer id. A new producer
+        # starts a new idempotence session.
         if (
             self._producer is producer
             and self._failed_batches >= REPLACE_AFTER_FAILURES
@@ -474,7 +475,7 @@ class OutboxRelay:
         if timeout > 0:
             producer.flush(timeout)
         # Purging fails what is still queued, so destroying the producer does
-        # not wait for a broker that will never answer.
+        # not wait for a broker that never responds.
         producer.purge(in_queue=True, in_flight=True, blocking=False)
         producer.poll(0)
 

@@ -15,9 +15,9 @@ from sqlalchemy import (
     Text,
 )
 
-#: Canonical definitions. Statements are built against these tables; a
-#: service's metadata gets copies with the same names and columns, so the SQL
-#: is identical whichever copy created the schema.
+#: Canonical definitions. Statements are built against these tables, and a
+#: service's metadata gets copies with the same names and columns. The SQL is
+#: therefore identical whichever copy created the schema.
 _metadata = MetaData()
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.

@@ -30,7 +30,7 @@ class TopicWatch:
     records or committed offsets, and the topics are created again with new
     ids. A consumer that stayed connected can stay on an empty assignment or
     on its old fetch position, and then never reads the new records. A
-    changed id tells the consumer to join its group again.
+    changed id makes the consumer join its group again.
     """
 
     def __init__(

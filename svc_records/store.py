@@ -242,11 +242,14 @@ def find_entry_by_source(
 
 
 def entries_of_patient(session: Session, patient_id: str) -> Sequence[ClinicalEntryRow]:
-    """Return every chart entry of one patient, oldest first."""
+    """Return every chart entry of one patient, oldest first, undated last."""
     return session.exec(
         select(ClinicalEntryRow)
         .where(ClinicalEntryRow.patient_id == patient_id)
-        .order_by(col(ClinicalEntryRow.occurred_at), col(ClinicalEntryRow.entry_id))
+        .order_by(
+            col(ClinicalEntryRow.occurred_at).asc().nulls_last(),
+            col(ClinicalEntryRow.entry_id),
+        )
     ).all()
 
 

@@ -105,3 +105,23 @@ def test_created_patient_emits_registered(db: Database) -> None:
     assert [tuple(r) for r in written] == [
         ("hin.records.v1.PatientRegistered", row.patient_id)
     ]
+
+
+@pytest.mark.postgres
+def test_chart_lists_undated_entries_last(db: Database) -> None:
+    outbox = Outbox(service="records")
+    with db.transaction() as session:
+        row = records.create_patient(session, outbox, demographics("Charted", "MRN-5"))
+        undated = pb.Allergy(patient_id=row.patient_id, code={"text": "Dust"})
+        dated = pb.Allergy(patient_id=row.patient_id, code={"text": "Pollen"})
+        dated.recorded_at.FromJsonString("2020-05-01T00:00:00Z")
+        older = pb.Allergy(patient_id=row.patient_id, code={"text": "Nuts"})
+        older.recorded_at.FromJsonString("2019-05-01T00:00:00Z")
+        for allergy in (undated, dated, older):
+            records.add_chart_entry(
+                session, outbox, kind="allergy", message=allergy, source_key=None
+            )
+    with db.transaction() as session:
+        rows = store.entries_of_patient(session, row.patient_id)
+    texts = [pb.Allergy.FromString(r.payload).code.text for r in rows]
+    assert texts == ["Nuts", "Pollen", "Dust"]

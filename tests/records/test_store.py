@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+from collections import Counter
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -10,11 +13,13 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 from sqlalchemy.exc import IntegrityError
 
-from hin.common.v1 import types_pb2
+from hin.common.v1 import fhir_pb2, types_pb2
 from hin.records.v1 import records_service_pb2 as pb
 from mesh.runtime.events import Outbox, outbox_table
 from mesh.runtime.storage import Database
 from svc_records import records, store
+from svc_records.domain.fhir import IMPORT_ORDER, read_bundle
+from svc_records.importing import BundleImport
 from svc_records.store import RecordsBase
 
 
@@ -125,3 +130,30 @@ def test_chart_lists_undated_entries_last(db: Database) -> None:
         rows = store.entries_of_patient(session, row.patient_id)
     texts = [pb.Allergy.FromString(r.payload).code.text for r in rows]
     assert texts == ["Nuts", "Pollen", "Dust"]
+
+
+@pytest.mark.postgres
+def test_bundle_import_twice_on_both_databases(db: Database, shared_data: Path) -> None:
+    path = next((shared_data / "fhir" / "synthea").glob("Jorge_Brekke_*.json"))
+    data = path.read_bytes()
+    expected = Counter(
+        e["resource"]["resourceType"]
+        for e in json.loads(data)["entry"]
+        if e["resource"]["resourceType"] in IMPORT_ORDER
+    )
+    outbox = Outbox(service="records")
+    rounds = []
+    for _ in range(2):
+        with db.transaction() as session:
+            outcomes = BundleImport(
+                session,
+                outbox=outbox,
+                entries=read_bundle(data),
+                resolved_references={},
+            ).run()
+        rounds.append(Counter((o.resource_type, o.status) for o in outcomes))
+    for resource_type, count in expected.items():
+        assert rounds[0][(resource_type, fhir_pb2.FHIR_IMPORT_STATUS_IMPORTED)] == count
+        assert (
+            rounds[1][(resource_type, fhir_pb2.FHIR_IMPORT_STATUS_DUPLICATE)] == count
+        )

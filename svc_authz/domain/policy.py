@@ -83,12 +83,12 @@ ROLE_POLICIES: Mapping[str, RolePolicy] = {
             "clinical:rw",
             "schedule:rw",
             "consent:r",
-            "notification:r",
+            "notification:rw",
         ),
     ),
     "nurse": RolePolicy(
         Scope.CARE,
-        _pairs("demographics:r", "clinical:rw", "schedule:rw", "notification:r"),
+        _pairs("demographics:r", "clinical:rw", "schedule:rw", "notification:rw"),
     ),
     "lab_technician": RolePolicy(Scope.CARE, _pairs("demographics:r", "clinical:rw")),
     "receptionist": RolePolicy(
@@ -110,8 +110,11 @@ ROLE_POLICIES: Mapping[str, RolePolicy] = {
             "notification:rw",
         ),
     ),
+    # The privacy officer is told of every break-the-glass access, so they
+    # read notifications about patients of their hospital.
     "privacy_officer": RolePolicy(
-        Scope.ORGANIZATION, _pairs("demographics:r", "consent:rw", "audit:r")
+        Scope.ORGANIZATION,
+        _pairs("demographics:r", "consent:rw", "audit:r", "notification:rw"),
     ),
     "administrator": RolePolicy(Scope.NONE, _pairs("admin:rw", "audit:r")),
 }

@@ -111,6 +111,11 @@ CASES = [
     # Privacy officer and administrator.
     Case(PRIV_A, "authz.audit.read", "t-pa2", T, True, "ROLE_PERMITTED", True),
     Case(PRIV_A, "records.clinical.read", "t-pa2", T, False, "ROLE_NOT_PERMITTED"),
+    # The privacy officer is told of break-the-glass accesses at their hospital.
+    Case(PRIV_A, "notify.notification.read", "t-pa2", T, True, "ROLE_PERMITTED", True),
+    Case(PRIV_A, "notify.notification.read", "t-pb1", T, False, "CONSENT_REQUIRED"),
+    # Clinicians manage their own notification preferences.
+    Case(DR_A1, "notify.notification.write", "", T, True, "ROLE_PERMITTED"),
     Case(ADMIN_A, "authz.admin.write", "", T, True, "ROLE_PERMITTED"),
     Case(ADMIN_A, "records.demographics.read", "t-pa2", T, False, "ROLE_NOT_PERMITTED"),
     Case(ADMIN_A, "authz.audit.read", "t-pa2", T, False, "NOT_PATIENT_SCOPED"),

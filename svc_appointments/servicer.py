@@ -39,7 +39,9 @@ T = TypeVar("T")
 
 READ = "appointments.schedule.read"
 WRITE = "appointments.schedule.write"
-IMPORT = "appointments.admin.write"
+#: Staff directory, working hours, leave and imports: administration that
+#: names no patient, like the administrator role's other work.
+ADMIN = "appointments.admin.write"
 
 
 class ConcurrentWrite(Aborted):
@@ -90,7 +92,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.RegisterPractitionerRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterPractitionerResponse:
         data = requests.register_practitioner(request)
-        await authorize(self._authorizer, action=WRITE)
+        await authorize(self._authorizer, action=ADMIN)
         row = await self._run(
             self._scheduler.register_practitioner,
             data,
@@ -151,7 +153,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.RegisterOrganizationRequest, context: grpc.aio.ServicerContext
     ) -> pb.RegisterOrganizationResponse:
         identifiers = requests.register_organization(request)
-        await authorize(self._authorizer, action=WRITE)
+        await authorize(self._authorizer, action=ADMIN)
         row = await self._run(
             self._scheduler.register_organization,
             name=request.name,
@@ -169,7 +171,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.SetWeeklyScheduleRequest, context: grpc.aio.ServicerContext
     ) -> pb.SetWeeklyScheduleResponse:
         rules = requests.weekly_rules(request)
-        await authorize(self._authorizer, action=WRITE)
+        await authorize(self._authorizer, action=ADMIN)
         change = await self._run(
             self._scheduler.set_weekly_schedule,
             practitioner_id=request.practitioner_id,
@@ -205,7 +207,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         context: grpc.aio.ServicerContext,
     ) -> pb.AddScheduleExceptionResponse:
         kind, period = requests.schedule_exception(request)
-        await authorize(self._authorizer, action=WRITE)
+        await authorize(self._authorizer, action=ADMIN)
         change: ScheduleChange = await self._run(
             self._scheduler.add_schedule_exception,
             practitioner_id=request.practitioner_id,
@@ -227,7 +229,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
     ) -> pb.AddHolidayResponse:
         period = requests.holiday(request)
         await authorize(
-            self._authorizer, action=WRITE, organization_id=request.organization_id
+            self._authorizer, action=ADMIN, organization_id=request.organization_id
         )
         changes: list[ScheduleChange] = await self._run(
             self._scheduler.add_holiday,
@@ -471,7 +473,7 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.ImportFhirRequest, context: grpc.aio.ServicerContext
     ) -> pb.ImportFhirResponse:
         bundle = _parse_bundle(request.bundle)
-        await authorize(self._authorizer, action=IMPORT)
+        await authorize(self._authorizer, action=ADMIN)
         outcomes = await self._run(
             self._importer.import_bundle,
             bundle,

@@ -96,3 +96,17 @@ async def test_reads_redact_reason_and_name_patient(
         (READ, "patient-access-1"),
         ("appointments.schedule.write", "patient-access-1"),
     ]
+
+
+async def test_staff_administration_needs_admin_write(
+    service: Running, authorizer: RecordingAuthorizer
+) -> None:
+    authorizer.checks.clear()
+
+    await new_practitioner(service, "4000000002")
+
+    # RegisterPractitioner, then SetWeeklySchedule; neither names a patient.
+    assert authorizer.checks == [
+        ("appointments.admin.write", ""),
+        ("appointments.admin.write", ""),
+    ]

@@ -129,12 +129,12 @@ class MllpListener:
                     break
                 writer.write(START_BLOCK + await self._answer(frame) + END_BLOCK)
                 await writer.drain()
-        except FrameTooLarge:
+        except FrameTooLarge as exc:
             logger.warning(
                 "MLLP frame over the size limit; connection closed",
                 extra={"max_frame_bytes": self._options.max_frame_bytes},
             )
-            writer.write(START_BLOCK + self._too_large_ack() + END_BLOCK)
+            writer.write(START_BLOCK + self._too_large_ack(str(exc)) + END_BLOCK)
             await _drain_quietly(writer)
         except TimeoutError:
             logger.info("MLLP connection timed out; closed")
@@ -148,7 +148,8 @@ class MllpListener:
     async def _read_frame(self, reader: asyncio.StreamReader) -> bytes | None:
         """Return the next frame's content, or None at a clean end of stream."""
         # Bytes before the start block (line noise, keep-alive newlines) are
-        # skipped, as MLLP receivers do.
+        # skipped, as MLLP receivers do, but no more than one frame's worth.
+        skipped = 0
         while True:
             byte = await asyncio.wait_for(
                 reader.read(1), self._options.idle_timeout_seconds
@@ -157,14 +158,20 @@ class MllpListener:
                 return None
             if byte == START_BLOCK:
                 break
+            skipped += 1
+            if skipped > self._options.max_frame_bytes:
+                raise FrameTooLarge(
+                    f"no start block (0x0B) within {self._options.max_frame_bytes} "
+                    "bytes; frame each message as 0x0B, message, 0x1C 0x0D"
+                )
         try:
             frame = await asyncio.wait_for(
                 reader.readuntil(END_BLOCK), self._options.frame_timeout_seconds
             )
         except asyncio.LimitOverrunError:
-            raise FrameTooLarge() from None
+            raise FrameTooLarge(self._too_large_text()) from None
         if len(frame) - len(END_BLOCK) > self._options.max_frame_bytes:
-            raise FrameTooLarge()
+            raise FrameTooLarge(self._too_large_text())
         return frame[: -len(END_BLOCK)]
 
     async def _answer(self, frame: bytes) -> bytes:
@@ -186,13 +193,14 @@ class MllpListener:
                 error=error,
             )
 
-    def _too_large_ack(self) -> bytes:
-        error = Hl7Error(
+    def _too_large_text(self) -> str:
+        return (
             f"the frame is larger than {self._options.max_frame_bytes} bytes; split "
-            "the message or ask for a larger HIN_LABS_MLLP_MAX_FRAME_BYTES",
-            code=CODE_DATA_TYPE_ERROR,
-            reject=True,
+            "the message or ask for a larger HIN_LABS_MLLP_MAX_FRAME_BYTES"
         )
+
+    def _too_large_ack(self, text: str) -> bytes:
+        error = Hl7Error(text, code=CODE_DATA_TYPE_ERROR, reject=True)
         return ack.build_ack(
             Header(), code=ack.REJECT, control_id=new_id(), now=now_utc(), error=error
         )

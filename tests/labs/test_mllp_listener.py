@@ -116,3 +116,16 @@ async def test_taken_port_fails_bind(listener: tuple[MllpListener, Recorder]) ->
     second = MllpListener(options=MllpOptions(port=server.port), handler=recorder)
     with pytest.raises(OSError):
         second.bind()
+
+
+async def test_endless_noise_disconnected(
+    listener: tuple[MllpListener, Recorder],
+) -> None:
+    server, recorder = listener
+    reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+    writer.write(b"noise " * 500)
+    await writer.drain()
+    assert b"MSA|AR|" in await read_frame(reader)
+    assert await asyncio.wait_for(reader.read(), 10) == b""
+    assert recorder.frames == []
+    writer.close()

@@ -383,6 +383,8 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.ListAppointmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAppointmentsResponse:
         window, offset, limit = requests.list_appointments(request)
+        # NOTE: a list by practitioner names no patient, so one check covers
+        # the appointments of every patient that practitioner sees.
         decision = await authorize(
             self._authorizer, action=READ, patient_id=request.patient_id
         )

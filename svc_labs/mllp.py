@@ -131,7 +131,7 @@ class MllpListener:
                 await writer.drain()
         except FrameTooLarge as exc:
             logger.warning(
-                "MLLP frame over the size limit; connection closed",
+                "MLLP input over the frame size limit; connection closed",
                 extra={"max_frame_bytes": self._options.max_frame_bytes},
             )
             writer.write(START_BLOCK + self._too_large_ack(str(exc)) + END_BLOCK)

@@ -11,6 +11,7 @@ import json
 import logging
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import unquote
 
 from sqlmodel import Session
 
@@ -166,17 +167,22 @@ class BundleImport:
     def _resolve_conditional(
         self, reference: str, resource_type: str, query: str
     ) -> str | None:
-        if resource_type not in _DIRECTORY_TYPES:
+        if resource_type not in (*_DIRECTORY_TYPES, "Patient"):
             # NOTE: conditional references to types records does not own
             # (Location, ...) are kept as written and never resolved here.
             return None
-        name, _, value = query.partition("=")
+        name, _, value = unquote(query).partition("=")
         system, bar, code = value.partition("|")
         if name != "identifier" or not bar or not system or not code:
+            # A patient's reference may carry an identifier value, which must
+            # not reach an error message.
+            shown = "Patient?..." if resource_type == "Patient" else reference
             raise FhirError(
-                f"conditional reference {reference} is not supported; records "
+                f"conditional reference {shown} is not supported; records "
                 "resolves only <Type>?identifier=<system>|<value>"
             )
+        if resource_type == "Patient":
+            return self._resolve_patient_identifier(system, code)
         row = store.find_directory_entry(self._session, resource_type, system, code)
         if row is None:
             raise FhirError(
@@ -185,6 +191,17 @@ class BundleImport:
                 f"{resource_type} first"
             )
         return f"{resource_type}/{row.entry_id}"
+
+    def _resolve_patient_identifier(self, system: str, value: str) -> str:
+        holders = store.find_identifier_holders(self._session, [(system, value)])
+        holder = holders.get((system, value))
+        row = records.resolve_survivor(self._session, holder) if holder else None
+        if row is None:
+            raise FhirError(
+                f"conditional Patient reference with an identifier of system "
+                f"{system} matches no patient in records"
+            )
+        return f"Patient/{row.patient_id}"
 
     def _resolve_literal(self, reference: str) -> str | None:
         resource_type, _, identifier = reference.partition("/")

@@ -428,3 +428,36 @@ async def test_malformed_entries_get_outcomes(imported: Any) -> None:
         REJECTED,
         REJECTED,
     ]
+
+
+async def test_conditional_patient_reference_resolves(imported: Any) -> None:
+    server, _, _ = imported
+    patient = patient_resource("666666666666")
+    first = await import_outcomes(server, bundle_of(patient))
+    condition = {
+        "resourceType": "Condition",
+        "id": "00000000-0000-4000-8000-c00000000066",
+        "subject": {"reference": "Patient?identifier=urn:test:crafted%7C666666666666"},
+        "code": {"text": "Sprain"},
+    }
+    outcomes = await import_outcomes(server, bundle_of(condition))
+    assert [o.status for o in outcomes] == [IMPORTED]
+    summary = await server.stub.GetPatientSummary(
+        pb.GetPatientSummaryRequest(patient_id=first[0].assigned_id),
+        metadata=server.doctor,
+    )
+    assert [c.code.text for c in summary.summary.conditions] == ["Sprain"]
+
+
+async def test_unknown_conditional_patient_hides_value(imported: Any) -> None:
+    server, _, _ = imported
+    condition = {
+        "resourceType": "Condition",
+        "id": "00000000-0000-4000-8000-c00000000067",
+        "subject": {"reference": "Patient?identifier=urn:test:crafted|777777777777"},
+        "code": {"text": "Sprain"},
+    }
+    outcomes = await import_outcomes(server, bundle_of(condition))
+    assert [o.status for o in outcomes] == [REJECTED]
+    assert "matches no patient" in outcomes[0].reason
+    assert "777777777777" not in outcomes[0].reason

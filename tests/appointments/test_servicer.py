@@ -8,9 +8,12 @@ import grpc
 import pytest
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from sqlalchemy import select
 
 from hin.appointments.v1 import appointments_service_pb2 as pb
+from hin.appointments.v1 import events_pb2
 from hin.common.v1 import types_pb2
+from mesh.runtime.events import outbox_table
 
 from .conftest import (
     Running,
@@ -46,6 +49,32 @@ def violated_fields(error: grpc.aio.AioRpcError) -> set[str]:
             detail.Unpack(bad_request)
             fields |= {v.field for v in bad_request.field_violations}
     return fields
+
+
+def outbox_events(service: Running, subjects: list[str]) -> list[tuple[str, str]]:
+    """Return (subject, event type) of the outbox rows about ``subjects``.
+
+    AppointmentBooked rows are left out: they come from the test's setup.
+    """
+    statement = select(outbox_table.c.subject, outbox_table.c.event_type).where(
+        outbox_table.c.subject.in_(subjects),
+        outbox_table.c.event_type != "hin.appointments.v1.AppointmentBooked",
+    )
+    with service.host.db.transaction() as session:
+        return [(row.subject, row.event_type) for row in session.execute(statement)]
+
+
+def availability_changed(
+    service: Running, practitioner_id: str
+) -> events_pb2.PractitionerAvailabilityChanged:
+    statement = select(outbox_table.c.payload).where(
+        outbox_table.c.subject == practitioner_id,
+        outbox_table.c.event_type
+        == "hin.appointments.v1.PractitionerAvailabilityChanged",
+    )
+    with service.host.db.transaction() as session:
+        payload = session.execute(statement).scalar_one()
+    return events_pb2.PractitionerAvailabilityChanged.FromString(payload)
 
 
 def book_request(
@@ -366,6 +395,22 @@ async def test_leave_moves_then_cancels_bookings(service: Running) -> None:
     assert moved == int(cairo(latest, 9, 30).timestamp())
     assert [a.patient_id for a in response.cancelled] == ["patient-leave-1"]
     assert response.cancelled[0].status == pb.APPOINTMENT_STATUS_CANCELLED
+
+    # The same transaction wrote one event per displaced appointment and one
+    # PractitionerAvailabilityChanged naming both.
+    moved_id = response.rescheduled[0].appointment_id
+    cancelled_id = response.cancelled[0].appointment_id
+    events = outbox_events(service, [moved_id, cancelled_id, practitioner_id])
+    assert sorted(events) == sorted(
+        [
+            (cancelled_id, "hin.appointments.v1.AppointmentCancelled"),
+            (moved_id, "hin.appointments.v1.AppointmentRescheduled"),
+            (practitioner_id, "hin.appointments.v1.PractitionerAvailabilityChanged"),
+        ]
+    )
+    change = availability_changed(service, practitioner_id)
+    assert sorted(change.affected_appointment_ids) == sorted([moved_id, cancelled_id])
+    assert change.reason == "conference"
 
 
 async def test_emergency_admission_then_discharge(service: Running) -> None:

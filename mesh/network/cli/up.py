@@ -19,7 +19,12 @@ from mesh.network.state import (
     NetworkState,
     process_alive,
 )
-from mesh.network.topology import Topology, TopologyError, parse_replicas
+from mesh.network.topology import (
+    Topology,
+    TopologyError,
+    default_topology,
+    parse_replicas,
+)
 
 #: Time ``hin up`` waits for the whole network to report ready.
 UP_TIMEOUT_SECONDS = 300.0
@@ -54,10 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     state_dir: Path = args.state.resolve()
     try:
-        if args.topology is not None:
-            Topology.load(args.topology).with_replicas(parse_replicas(args.replicas))
-        else:
-            parse_replicas(args.replicas)
+        topology = Topology.load(args.topology) if args.topology else default_topology()
+        topology.with_replicas(parse_replicas(args.replicas))
     except (TopologyError, OSError, json.JSONDecodeError) as exc:
         print(f"hin up: {exc}", file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from asyncio import CancelledError
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,7 +15,10 @@ from sqlalchemy import MetaData, func, select, update
 from hin.common.v1 import types_pb2
 from hin.records.v1 import events_pb2
 from mesh.runtime.events import (
+    ConsumerOptions,
     Envelope,
+    EventConsumer,
+    Handler,
     Outbox,
     add_event_tables,
     apply_event,
@@ -321,3 +325,65 @@ def test_publisher_lock_always_held_on_sqlite(tmp_path: Path) -> None:
     db = Database(f"sqlite:///{tmp_path / 'lock.db'}")
     assert PublisherLock(db).acquire() is True
     assert PublisherLock(db).acquire() is True
+
+
+def retry_consumer(db: Database, max_attempts: int) -> EventConsumer:
+    return EventConsumer(
+        service="sample",
+        db=db,
+        handlers=[HANDLER],
+        topics=["hin.records.events.v1"],
+        consumer_config={"group.id": "g", "bootstrap.servers": "127.0.0.1:1"},
+        producer_config={},
+        tracer_provider=TracerProvider(),
+        options=ConsumerOptions(max_attempts=max_attempts, backoff_initial=0.001),
+    )
+
+
+def test_failing_handler_retried_max_attempts(sample_db: Database) -> None:
+    calls: list[str] = []
+
+    def always_fail(session, event, envelope) -> None:  # type: ignore[no-untyped-def]
+        calls.append(envelope.id)
+        raise LookupError("patient p-1 not found")
+
+    consumer = retry_consumer(sample_db, max_attempts=4)
+    failing = Handler(events_pb2.PatientRecordUpdated, always_fail)
+    with pytest.raises(LookupError, match="p-1 not found"):
+        consumer.apply_with_retries(failing, sample_event(), envelope_for("e-1"))
+    assert calls == ["e-1"] * 4
+    assert inbox_count(sample_db, "g") == 0
+
+
+@pytest.mark.parametrize("error", [KeyboardInterrupt, SystemExit, CancelledError])
+def test_interrupting_handler_not_retried(
+    sample_db: Database, error: type[BaseException]
+) -> None:
+    calls: list[str] = []
+
+    def interrupt(session, event, envelope) -> None:  # type: ignore[no-untyped-def]
+        calls.append(envelope.id)
+        raise error()
+
+    consumer = retry_consumer(sample_db, max_attempts=4)
+    interrupting = Handler(events_pb2.PatientRecordUpdated, interrupt)
+    with pytest.raises(error):
+        consumer.apply_with_retries(interrupting, sample_event(), envelope_for("e-1"))
+    assert calls == ["e-1"]
+    assert inbox_count(sample_db, "g") == 0
+
+
+def test_handler_succeeds_on_second_attempt(sample_db: Database) -> None:
+    calls: list[str] = []
+
+    def fail_once(session, event, envelope) -> None:  # type: ignore[no-untyped-def]
+        calls.append(envelope.id)
+        if len(calls) == 1:
+            raise ConnectionError("lookup service unavailable")
+        HANDLER.fn(session, event, envelope)
+
+    consumer = retry_consumer(sample_db, max_attempts=3)
+    flaky = Handler(events_pb2.PatientRecordUpdated, fail_once)
+    assert consumer.apply_with_retries(flaky, sample_event(), envelope_for("e-1"))
+    assert calls == ["e-1", "e-1"]
+    assert len(effects(sample_db, event_id="e-1")) == 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -47,6 +48,9 @@ logger = logging.getLogger(__name__)
 _propagator = TraceContextTextMapPropagator()
 
 E = TypeVar("E", bound=Message)
+
+#: Seconds during which a repeated poll error is logged once.
+POLL_ERROR_WINDOW = 30.0
 
 #: Called with the envelope and whether the event was applied (False: it was
 #: applied before) after the transaction committed and before the offset
@@ -178,6 +182,7 @@ class EventConsumer:
         )
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        self._error_logged_at: dict[str, float] = {}
         #: Set once the group assigned partitions to this consumer.
         self.assigned = threading.Event()
         self._principal = Principal(
@@ -260,27 +265,39 @@ class EventConsumer:
         set_principal(self._principal)
         try:
             while not self._stopping.is_set():
-                if self._topic_watch.check():
-                    self._resubscribe(consumer)
-                message = consumer.poll(self._options.poll_timeout)
-                if message is None:
-                    continue
-                error = message.error()
-                if error is not None:
-                    self._log_poll_error(error)
-                    continue
-                if self._process(message):
-                    self._commit(consumer, message)
-                else:
-                    # The record stays unapplied: read it again after a pause.
-                    self._rewind(consumer, message)
+                try:
+                    self._poll_once(consumer)
+                except Exception:
+                    # The record in hand, if any, was rewound or never taken;
+                    # the loop goes on after a pause rather than stop consuming.
+                    logger.exception("event consumer step failed; retrying")
                     self._stopping.wait(self._options.backoff_max)
-        except Exception:
-            logger.exception("event consumer failed; it stops consuming")
         finally:
             consumer.close()
             self._close_dlq_producer()
             logger.info("event consumer stopped", extra={"group_id": self.group_id})
+
+    def _poll_once(self, consumer: Consumer) -> None:
+        if self._topic_watch.check():
+            self._resubscribe(consumer)
+        message = consumer.poll(self._options.poll_timeout)
+        if message is None:
+            return
+        error = message.error()
+        if error is not None:
+            self._log_poll_error(error)
+            return
+        try:
+            done = self._process(message)
+        except Exception:
+            self._rewind(consumer, message)
+            raise
+        if done:
+            self._commit(consumer, message)
+        else:
+            # The record stays unapplied: read it again after a pause.
+            self._rewind(consumer, message)
+            self._stopping.wait(self._options.backoff_max)
 
     def _process(self, message: KafkaMessage) -> bool:
         """Handle one record; return True when its offset may be committed."""
@@ -330,7 +347,7 @@ class EventConsumer:
             return self._dead_letter(message, exc, attempts=1)
 
         try:
-            applied = self._apply_with_retries(handler, event, envelope)
+            applied = self.apply_with_retries(handler, event, envelope)
         except _Stopping:
             return False
         except Exception as exc:
@@ -358,9 +375,15 @@ class EventConsumer:
         )
         return True
 
-    def _apply_with_retries(
+    def apply_with_retries(
         self, handler: Handler[Any], event: Message, envelope: Envelope
     ) -> bool:
+        """Apply the event with the retry policy; return False if applied before.
+
+        Raises the last error after ``max_attempts`` failed attempts. A
+        BaseException that is not an Exception (cancellation, KeyboardInterrupt,
+        SystemExit) is raised at once.
+        """
         retrying = Retrying(
             stop=stop_after_attempt(self._options.max_attempts),
             wait=wait_exponential(
@@ -497,6 +520,14 @@ class EventConsumer:
     def _log_poll_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
+        # A missing topic or a broker that is down repeats the same error on
+        # every poll, so each error name is logged at most once a window.
+        now = time.monotonic()
+        if now - self._error_logged_at.get(error.name(), -POLL_ERROR_WINDOW) < (
+            POLL_ERROR_WINDOW
+        ):
+            return
+        self._error_logged_at[error.name()] = now
         logger.warning(
             "consumer error", extra={"error": error.name(), "detail": error.str()}
         )

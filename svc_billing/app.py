@@ -18,7 +18,7 @@ from sqlalchemy.exc import IntegrityError
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from mesh.runtime.server import BuildContext, BuildFunction, ServiceSpec
 from mesh.runtime.settings import SettingsError
-from svc_billing import domain, ledger, store
+from svc_billing import domain, prices, store
 from svc_billing.handlers import build_handlers
 from svc_billing.payer import Payer, PlanRulesPayer
 from svc_billing.servicer import BillingServicer
@@ -42,7 +42,7 @@ def make_build(*, payer: Payer | None = None) -> BuildFunction:
         except ValueError as exc:
             raise SettingsError(f"HIN_BILLING_VAT_RATE: {exc}") from None
         price_list = Path(
-            settings.service_setting("price_list", "") or ledger.default_price_list()
+            settings.service_setting("price_list", "") or prices.default_price_list()
         )
         if not price_list.is_file():
             raise SettingsError(
@@ -80,7 +80,7 @@ def load_prices(ctx: BuildContext, path: Path) -> None:
     """Load the price list file's missing entries; a second start adds none."""
     try:
         with ctx.db.transaction() as session:
-            inserted = ledger.load_price_list(session, path)
+            inserted = prices.load_price_list(session, path)
     except IntegrityError:
         # Another replica loaded the same entries at the same moment.
         logger.info("price list loaded by another replica")

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
-import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
@@ -20,8 +18,24 @@ from hin.common.v1 import types_pb2 as types
 from mesh.runtime.authz import Authorizer, authorize
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
-from svc_billing import claims, convert, domain, fhir_import, ledger, store
+from svc_billing import (
+    claims,
+    convert,
+    domain,
+    fhir_import,
+    ledger,
+    prices,
+    store,
+)
 from svc_billing.payer import Payer
+from svc_billing.queries import eligibility, patient_balances, payer_balances
+from svc_billing.validation import (
+    check_coding,
+    check_date,
+    check_money,
+    check_page,
+    page_response,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +44,7 @@ T = TypeVar("T")
 READ = "billing.billing.read"
 WRITE = "billing.billing.write"
 PRICE_WRITE = "billing.admin.write"
-DEFAULT_PAGE_SIZE = 50
-MAX_PAGE_SIZE = 500
 MAX_QUANTITY = 10_000
-CURRENCY_PATTERN = re.compile(r"^[A-Z]{3}$")
 PAYMENT_METHODS = ("cash", "card", "transfer", "payer-remittance")
 
 
@@ -111,7 +122,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 bad.add("unit_price.currency", f"must be {current}, the price "
                         "list's currency")
                 bad.check()
-            row = ledger.add_price(
+            row = prices.add_price(
                 session,
                 system=request.service.system,
                 code=request.service.code,
@@ -753,165 +764,3 @@ def manual_result(
     return domain.AdjudicationResult(
         convert.OUTCOME_NAMES[request.outcome], by_line, tuple(request.reasons)
     )
-
-
-def eligibility(
-    session: Session, request: pb.CheckEligibilityRequest, moment: dt.datetime
-) -> pb.CheckEligibilityResponse:
-    """Find the covering policy and estimate the split of the list price."""
-    patient_id = store.resolve_patient(session, request.patient_id)
-    policy = store.active_policy(session, patient_id, moment, request.service.system)
-    if policy is None:
-        reasons = ["no policy in force on the service date covers "
-                   f"{request.service.system}"]
-        if not store.policies_of(session, patient_id):
-            reasons = ["patient has no insurance policy"]
-        return pb.CheckEligibilityResponse(eligible=False, reasons=reasons)
-    remaining = max(
-        0, policy.deductible_minor - store.deductible_used(session, policy.policy_id)
-    )
-    response = pb.CheckEligibilityResponse(
-        eligible=True,
-        policy=convert.policy(policy),
-        deductible_remaining=convert.money(policy.currency, remaining),
-    )
-    price = store.price_on(
-        session, request.service.system, request.service.code, moment.date()
-    )
-    if price is not None and price.currency == policy.currency:
-        share = domain.split_amounts(
-            [price.unit_minor],
-            domain.CoverageTerms(
-                policy.coverage_basis_points, policy.copay_minor, remaining
-            ),
-        )[0]
-        response.estimated_patient_share.CopyFrom(
-            convert.money(price.currency, share.patient)
-        )
-        response.estimated_payer_share.CopyFrom(
-            convert.money(price.currency, share.payer)
-        )
-    return response
-
-
-def patient_balances(session: Session, patient_id: str) -> list[pb.Balance]:
-    """Sum a patient's invoices, payments, unbilled charges and claims."""
-    patient_id = store.resolve_patient(session, patient_id)
-    sums: dict[str, dict[str, int]] = {}
-
-    def add(currency: str, name: str, amount: int) -> None:
-        sums.setdefault(currency, {}).setdefault(name, 0)
-        sums[currency][name] += amount
-
-    for invoice in session.exec(
-        select(store.InvoiceRow).where(
-            store.InvoiceRow.patient_id == patient_id,
-            store.InvoiceRow.status != "void",
-        )
-    ):
-        add(invoice.currency, "billed", invoice.patient_responsibility_minor)
-    for payment in session.exec(
-        select(store.PaymentRow).where(
-            store.PaymentRow.patient_id == patient_id, store.PaymentRow.payer_id == ""
-        )
-    ):
-        add(payment.currency, "paid", payment.amount_minor)
-    for charge in store.unbilled_charges(session, patient_id, ""):
-        add(charge.currency, "unbilled", charge.amount_minor)
-    for claim in session.exec(
-        select(store.ClaimRow).where(store.ClaimRow.patient_id == patient_id)
-    ):
-        add(claim.currency, "claimed", claim.total_minor)
-        add(claim.currency, "claim_approved", claim.approved_minor)
-    return [balance(currency, sums[currency]) for currency in sorted(sums)]
-
-
-def payer_balances(session: Session, payer_id: str) -> list[pb.Balance]:
-    """Sum what a payer approved, was claimed and paid, per currency.
-
-    Historical claims count in ``claimed`` and ``claim_approved`` only: their
-    payments happened outside this network.
-    """
-    sums: dict[str, dict[str, int]] = {}
-
-    def add(currency: str, name: str, amount: int) -> None:
-        sums.setdefault(currency, {}).setdefault(name, 0)
-        sums[currency][name] += amount
-
-    for claim in session.exec(
-        select(store.ClaimRow).where(store.ClaimRow.payer_id == payer_id)
-    ):
-        add(claim.currency, "claimed", claim.total_minor)
-        add(claim.currency, "claim_approved", claim.approved_minor)
-        if claim.status != "historical":
-            add(claim.currency, "billed", claim.approved_minor)
-    for payment in session.exec(
-        select(store.PaymentRow).where(store.PaymentRow.payer_id == payer_id)
-    ):
-        add(payment.currency, "paid", payment.amount_minor)
-    return [balance(currency, sums[currency]) for currency in sorted(sums)]
-
-
-def balance(currency: str, sums: dict[str, int]) -> pb.Balance:
-    def money(name: str) -> types.Money:
-        return convert.money(currency, sums.get(name, 0))
-
-    billed, paid = sums.get("billed", 0), sums.get("paid", 0)
-    return pb.Balance(
-        currency=currency,
-        billed=money("billed"),
-        paid=money("paid"),
-        outstanding=convert.money(currency, billed - paid),
-        unbilled=money("unbilled"),
-        claimed=money("claimed"),
-        claim_approved=money("claim_approved"),
-    )
-
-
-# Validation ----------------------------------------------------------------
-
-
-def check_page(v: Violations, page: types.PageRequest) -> tuple[int, int]:
-    """Validate paging; return the offset and the page size."""
-    if page.page_size < 0:
-        v.add("page.page_size", "must be zero or more")
-    size = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
-    offset = 0
-    if page.page_token:
-        if not page.page_token.isdigit():
-            v.add("page.page_token", "is not a token from a previous response")
-        else:
-            offset = int(page.page_token)
-    return offset, max(size, 1)
-
-
-def page_response(
-    items: Sequence[object], offset: int, size: int
-) -> types.PageResponse:
-    next_token = str(offset + size) if offset + size < len(items) else ""
-    return types.PageResponse(next_page_token=next_token, total_size=len(items))
-
-
-def check_coding(v: Violations, coding: types.Coding, field: str) -> None:
-    v.require(coding.system, f"{field}.system")
-    v.require(coding.code, f"{field}.code")
-
-
-def check_money(
-    v: Violations, money: types.Money, field: str, *, required: bool = False
-) -> None:
-    """Check a currency code and a non-negative amount."""
-    if not CURRENCY_PATTERN.match(money.currency):
-        if money.currency or required:
-            v.add(f"{field}.currency", "must be an ISO 4217 code such as EGP")
-    if money.minor_units < 0:
-        v.add(f"{field}.minor_units", "must be zero or more")
-
-
-def check_date(v: Violations, value: types.Date, field: str) -> dt.date | None:
-    try:
-        return convert.to_date(value)
-    except ValueError:
-        v.add(field, "must be a real calendar date (year, month, day)")
-        return None
-

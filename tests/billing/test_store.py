@@ -18,7 +18,7 @@ from hin.labs.v1 import events_pb2 as labs
 from hin.records.v1 import events_pb2 as records
 from mesh.runtime.events import Envelope
 from mesh.runtime.storage import Database
-from svc_billing import ledger, store
+from svc_billing import ledger, prices, store
 from svc_billing.app import MIGRATIONS
 from svc_billing.handlers import build_handlers
 from svc_billing.servicer import run_idempotent
@@ -43,7 +43,7 @@ def db(database_url: str) -> Database:
     database = Database(database_url)
     database.migrate(MIGRATIONS)
     with database.transaction() as session:
-        ledger.load_price_list(session, ledger.default_price_list())
+        prices.load_price_list(session, prices.default_price_list())
     return database
 
 
@@ -71,7 +71,7 @@ def test_migration_matches_models(db: Database) -> None:
 
 def test_price_list_loads_once(db: Database) -> None:
     with db.transaction() as session:
-        again = ledger.load_price_list(session, ledger.default_price_list())
+        again = prices.load_price_list(session, prices.default_price_list())
         count = store.count_rows(session, store.PriceRow)
     assert again == 0
     # Entries in svc_billing/data/default_prices.json.

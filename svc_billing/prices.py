@@ -67,10 +67,17 @@ def add_price(
     unit_minor: int,
     effective_from: dt.date,
 ) -> store.PriceRow:
-    """Add a price; an earlier entry still in effect on its start day ends there."""
+    """Add a price; an earlier entry still in effect on its start day ends there.
+
+    Setting the same price from the same day again returns the stored entry,
+    so a retried call changes nothing.
+    """
     rows = store.prices_for(session, system, code)
     following = [row for row in rows if row.effective_from > effective_from]
     for row in rows:
+        same_price = row.currency == currency and row.unit_minor == unit_minor
+        if row.effective_from == effective_from and same_price:
+            return row
         if row.effective_from == effective_from:
             raise InvalidState(
                 f"{system}|{code} already has a price from {effective_from}; "

@@ -741,3 +741,32 @@ async def test_partial_adjudication_reopens_invoice(billing: Billing) -> None:
     # The payer approved 20000 of 25500; the patient now owes 5500 more.
     assert reopened.invoice.status == pb.INVOICE_STATUS_ISSUED
     assert reopened.invoice.patient_responsibility == egp(10000)
+
+
+async def test_set_price_retry_and_conflict(billing: Billing) -> None:
+    request = pb.SetPriceRequest(
+        service=types.Coding(system="urn:test:procedure", code=f"p-{key()[:8]}"),
+        unit_price=egp(2000),
+        effective_from=types.Date(year=2026, month=1, day=1),
+    )
+    first = await billing.stub.SetPrice(request, metadata=billing.admin)
+    retried = await billing.stub.SetPrice(request, metadata=billing.admin)
+    assert retried.price.price_id == first.price.price_id
+
+    request.unit_price.minor_units = 2500
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await billing.stub.SetPrice(request, metadata=billing.admin)
+    assert caught.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_set_price_needs_admin(billing: Billing) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await billing.stub.SetPrice(
+            pb.SetPriceRequest(
+                service=types.Coding(system="urn:test:procedure", code="p-1"),
+                unit_price=egp(2000),
+                effective_from=types.Date(year=2026, month=1, day=1),
+            ),
+            metadata=billing.clerk,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -174,6 +174,7 @@ class BillingServiceServicer:
 
     def SetPrice(self, request, context):
         """Add a price for a code from a date on; the previous price ends there.
+        Setting the same price from the same date again returns the stored entry.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

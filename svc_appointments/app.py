@@ -54,7 +54,7 @@ def make_build(clock: Clock = utc_now) -> BuildFunction:
             service_names=[SERVICE_NAME],
             metadata=metadata,
             migrations="svc_appointments:migrations",
-            handlers=patient_handlers(),
+            handlers=patient_handlers(scheduler),
         )
 
     return build

@@ -4,18 +4,23 @@ Scheduling keeps only what booking needs (existence, deceased flag, managing
 organization, merge link), never names or birth dates. Each handler runs in
 the consumer's transaction together with the inbox row. A handler is also
 safe to run twice: a snapshot older than the stored one changes nothing.
+A snapshot that marks the patient deceased cancels the patient's future
+bookings and emits AppointmentCancelled for each, in that same transaction.
 """
 
 from __future__ import annotations
 
 import logging
 from datetime import UTC, datetime
+from typing import cast
 
 from sqlalchemy import update
 from sqlalchemy.orm import Session
+from sqlmodel import Session as SqlModelSession
 
 from hin.records.v1 import events_pb2 as records_events
 from mesh.runtime.events import Envelope, Handler
+from svc_appointments.scheduling import Scheduler
 from svc_appointments.store import AdmissionRow, AppointmentRow, PatientSnapshotRow
 
 logger = logging.getLogger(__name__)
@@ -102,10 +107,43 @@ def on_patients_merged(
     )
 
 
-def patient_handlers() -> list[Handler]:
-    """Return the consumer's handlers for records' patient events."""
+def patient_handlers(scheduler: Scheduler) -> list[Handler]:
+    """Return the consumer's handlers for records' patient events.
+
+    A snapshot that marks the patient deceased also cancels the patient's
+    future bookings through ``scheduler``, in the same transaction.
+    """
+
+    def registered(
+        session: Session, event: records_events.PatientRegistered, envelope: Envelope
+    ) -> None:
+        on_patient_registered(session, event, envelope)
+        _cancel_if_deceased(session, event.patient, envelope)
+
+    def updated(
+        session: Session,
+        event: records_events.PatientRecordUpdated,
+        envelope: Envelope,
+    ) -> None:
+        on_patient_record_updated(session, event, envelope)
+        _cancel_if_deceased(session, event.patient, envelope)
+
+    def _cancel_if_deceased(
+        session: Session,
+        snapshot: records_events.PatientSnapshot,
+        envelope: Envelope,
+    ) -> None:
+        if snapshot.deceased:
+            # The consumer's session comes from Database.transaction, which
+            # opens a SQLModel session; the store's queries need its exec().
+            scheduler.cancel_for_deceased(
+                cast(SqlModelSession, session),
+                snapshot.patient_id,
+                causation_id=envelope.id,
+            )
+
     return [
-        Handler(records_events.PatientRegistered, on_patient_registered),
-        Handler(records_events.PatientRecordUpdated, on_patient_record_updated),
+        Handler(records_events.PatientRegistered, registered),
+        Handler(records_events.PatientRecordUpdated, updated),
         Handler(records_events.PatientsMerged, on_patients_merged),
     ]

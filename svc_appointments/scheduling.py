@@ -653,6 +653,33 @@ class Scheduler:
         self._add_event(session, event, row)
         return row
 
+    def cancel_for_deceased(
+        self, session: Session, patient_id: str, *, causation_id: str
+    ) -> list[AppointmentRow]:
+        """Cancel a deceased patient's future booked appointments.
+
+        Runs in the transaction of the consumer that applied records' event;
+        a second run finds nothing left to cancel.
+        """
+        now = self._clock()
+        rows = store.future_booked_appointments(session, patient_id, now)
+        for row in rows:
+            self._cancel(row, "hospital", "patient recorded as deceased", now)
+            session.flush()
+            event = events_pb2.AppointmentCancelled(
+                appointment=appointment_snapshot(row),
+                cancelled_by=row.cancelled_by,
+                reason=row.cancellation_reason,
+            )
+            event.context.causation_id = causation_id
+            self._add_event(session, event, row)
+        if rows:
+            logger.info(
+                "appointments of deceased patient cancelled",
+                extra={"patient_id": patient_id, "cancelled": len(rows)},
+            )
+        return rows
+
     def _check_free(
         self,
         session: Session,

@@ -19,7 +19,12 @@ from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, Session, SQLModel, col, func, select
 
 from mesh.runtime.events.tables import add_event_tables
-from svc_appointments.domain import ACTIVE_STATUSES, AdmissionStatus, Interval
+from svc_appointments.domain import (
+    ACTIVE_STATUSES,
+    AdmissionStatus,
+    AppointmentStatus,
+    Interval,
+)
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -404,6 +409,23 @@ def patient_appointments_overlapping(
     )
     if exclude_id:
         statement = statement.where(AppointmentRow.id != exclude_id)
+    return list(session.exec(statement))
+
+
+def future_booked_appointments(
+    session: Session, patient_id: str, now: datetime
+) -> list[AppointmentRow]:
+    """Return the patient's booked appointments that start at ``now`` or later."""
+    statement = (
+        select(AppointmentRow)
+        .where(
+            AppointmentRow.patient_id == patient_id,
+            AppointmentRow.status == str(AppointmentStatus.BOOKED),
+            col(AppointmentRow.start_at) >= now,
+        )
+        .order_by(col(AppointmentRow.start_at))
+        .with_for_update()
+    )
     return list(session.exec(statement))
 
 

@@ -319,17 +319,18 @@ class Hl7Ingestor:
         source_key = (
             f"hl7:{inbound.sending_facility}:order:{number}" if number else None
         )
-        if source_key is not None:
+        existing = _placed_order(session, group.order.placer_order_number, patient_id)
+        if existing is None and source_key is not None:
             existing = store.find_order_by_source(session, source_key)
-            if existing is not None:
-                if (
-                    group.results
-                    and existing.status != pb.OrderStatus.ORDER_STATUS_RESULTED
-                ):
-                    existing.status = pb.OrderStatus.ORDER_STATUS_RESULTED
-                    existing.version += 1
-                    store.update_order(session, existing)
-                return existing
+        if existing is not None:
+            if (
+                group.results
+                and existing.status != pb.OrderStatus.ORDER_STATUS_RESULTED
+            ):
+                existing.status = pb.OrderStatus.ORDER_STATUS_RESULTED
+                existing.version += 1
+                store.update_order(session, existing)
+            return existing
         order = pb.LabOrder()
         order.CopyFrom(group.order)
         order.order_id = publishing.new_id()
@@ -363,6 +364,8 @@ class Hl7Ingestor:
                 source_key = f"hl7:{facility}:msg:{inbound.control_id}:{index + 1}"
             result.order_id = order.order_id
             result.patient_id = patient_id
+            if order.ordering_practitioner_id:
+                result.ordering_practitioner_id = order.ordering_practitioner_id
             existing = store.find_result_by_source(session, source_key)
             if existing is None:
                 self._insert_result(session, result, source_key, unmatched_id)
@@ -420,6 +423,23 @@ class Hl7Ingestor:
             )
         else:
             publishing.publish_result(session, self._outbox, result, actor=MLLP_ACTOR)
+
+
+def _placed_order(
+    session: Session, placer_order_number: str, patient_id: str
+) -> pb.LabOrder | None:
+    """Return the network's own order when the lab echoes its id as placer number.
+
+    An order placed through PlaceOrder reaches the lab with its order id as
+    the placer order number (ORC-2 / OBR-2). The order is used only when it
+    belongs to the patient the message was matched to.
+    """
+    if not placer_order_number or not patient_id:
+        return None
+    order = store.get_order(session, placer_order_number)
+    if order is None or order.patient_id != patient_id:
+        return None
+    return order
 
 
 def _header_of(inbound: InboundMessage) -> Header:

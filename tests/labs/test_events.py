@@ -286,3 +286,53 @@ async def test_correct_result_rpc_emits_corrected(
     assert (
         event.result.interpretation == events.Interpretation.INTERPRETATION_CRITICAL_LOW
     )
+
+
+async def test_oru_attaches_to_placed_order(labs: Running, reader: TopicReader) -> None:
+    labs.register_patient("patient-placed", [mrn("MRN-PLACED")])
+    order = await labs.stub.PlaceOrder(
+        pb.PlaceOrderRequest(
+            patient_id="patient-placed",
+            tests=[types.Coding(system="http://loinc.org", code="2823-3")],
+        ),
+        metadata=labs.clinician_auth,
+    )
+    order_id = order.order.order_id
+    text = oru(
+        "PLACED-1", [nm_obx(1, "6.9", "2823-3")], pid3="MRN-PLACED^^^CAIRO_GH^MR"
+    ).replace("PLACER-PLACED-1", order_id)
+    assert await send(labs, text) == "AA"
+
+    _, value, _ = await reader.wait_for(
+        lambda kind, value, key: (
+            kind == "hin.labs.v1.TestResultPublished" and key == "patient-placed"
+        )
+    )
+    event = events.TestResultPublished.FromString(value)
+    assert event.result.order_id == order_id
+    assert event.result.ordering_practitioner_id == "prac-1"
+    assert event.result.critical is True
+    fetched = await labs.stub.GetOrder(
+        pb.GetOrderRequest(order_id=order_id), metadata=labs.clinician_auth
+    )
+    assert fetched.order.status == pb.OrderStatus.ORDER_STATUS_RESULTED
+
+
+async def test_placer_of_other_patient_not_used(labs: Running) -> None:
+    labs.register_patient("patient-x", [mrn("MRN-X")])
+    other = await labs.stub.PlaceOrder(
+        pb.PlaceOrderRequest(
+            patient_id="patient-someone-else",
+            tests=[types.Coding(system="http://loinc.org", code="2823-3")],
+        ),
+        metadata=labs.clinician_auth,
+    )
+    text = oru(
+        "PLACED-2", [nm_obx(1, "4.0", "2823-3")], pid3="MRN-X^^^CAIRO_GH^MR"
+    ).replace("PLACER-PLACED-2", other.order.order_id)
+    assert await send(labs, text) == "AA"
+    results = await labs.stub.ListResults(
+        pb.ListResultsRequest(patient_id="patient-x"), metadata=labs.clinician_auth
+    )
+    [result] = results.results
+    assert result.order_id != other.order.order_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
@@ -172,12 +173,18 @@ class EventBus:
         self.consumer.start()
 
     async def stop(self, *, timeout: float) -> None:  # noqa: ASYNC109
-        """Stop the consumer, then flush and stop the relay; each gets ``timeout``."""
+        """Stop the consumer, then flush and stop the relay, within ``timeout``.
+
+        The relay gets at least one second even when the consumer used up the
+        timeout, so that events its last handler wrote can still be sent.
+        """
+        deadline = time.monotonic() + timeout
         if self.consumer is not None:
             await asyncio.to_thread(self.consumer.stop, timeout)
             self.consumer = None
         if self.relay is not None:
-            await asyncio.to_thread(self.relay.stop, timeout)
+            remaining = max(1.0, deadline - time.monotonic())
+            await asyncio.to_thread(self.relay.stop, remaining)
             self.relay = None
 
     def _ensure_topics_logged(self) -> None:

@@ -95,8 +95,8 @@ class OutboxRelay:
 
     A row counts as sent only after its delivery report succeeded, so a crash
     at any point leads to a re-send, never to a loss. Consumers skip what they
-    already applied. The relay runs on its own thread: start, flush with a deadline,
-    stop with a deadline.
+    already applied. The relay runs on its own thread: start, flush with a
+    deadline, stop with a deadline.
     """
 
     def __init__(
@@ -160,15 +160,16 @@ class OutboxRelay:
         return self._idle.wait(timeout)
 
     def stop(self, timeout: float) -> None:
-        """Publish what is pending within ``timeout`` seconds, then stop."""
+        """Publish what is pending, then stop; all within ``timeout`` seconds."""
         if self._thread is None:
             return
+        deadline = time.monotonic() + timeout
         flushed = self.flush(timeout)
         self._stopping.set()
         self._wake.set()
-        self._thread.join(timeout)
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         self._outbox.unsubscribe(self.wake)
-        self._close_producer(timeout=max(0.0, min(timeout, 5.0)))
+        self._close_producer(timeout=max(0.0, deadline - time.monotonic()))
         self._publisher_lock.release()
         self._thread = None
         logger.info(

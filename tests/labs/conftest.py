@@ -38,6 +38,7 @@ PERMISSIONS = {
     "clinician": {"labs.clinical.read", "labs.clinical.write"},
     "lab-clerk": {"labs.clinical.read", "labs.clinical.write"},
     "receptionist": set(),
+    "administrator": {"labs.admin.write"},
 }
 
 
@@ -51,6 +52,7 @@ class Running:
     mllp_port: int
     clinician_auth: Sequence[tuple[str, str]]
     receptionist_auth: Sequence[tuple[str, str]]
+    admin_auth: Sequence[tuple[str, str]]
     state: Path
 
     def register_patient(
@@ -106,6 +108,9 @@ async def running_labs(
     receptionist = mint_token(
         state, subject="user-desk", roles=["receptionist"], organization_id="org-1"
     )
+    administrator = mint_token(
+        state, subject="user-admin", roles=["administrator"], organization_id="org-1"
+    )
     environ = {
         "HIN_STATE_DIR": str(state),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
@@ -146,6 +151,7 @@ async def running_labs(
             mllp_port=listener.port,
             clinician_auth=[("authorization", f"Bearer {clinician}")],
             receptionist_auth=[("authorization", f"Bearer {receptionist}")],
+            admin_auth=[("authorization", f"Bearer {administrator}")],
             state=state,
         )
     finally:

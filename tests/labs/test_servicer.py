@@ -327,7 +327,7 @@ async def test_import_fhir_lab_observations(labs: Running, shared_data: Path) ->
         resolved_references={patient_ref: "patient-fhir"},
         source=SYNTHEA_FILE,
     )
-    first = await labs.stub.ImportFhir(request, metadata=labs.clinician_auth)
+    first = await labs.stub.ImportFhir(request, metadata=labs.admin_auth)
     imported = [
         o
         for o in first.outcomes
@@ -337,7 +337,7 @@ async def test_import_fhir_lab_observations(labs: Running, shared_data: Path) ->
     assert len(imported) == len(lab_observations)
     assert len(first.outcomes) == len(bundle["entry"])
 
-    again = await labs.stub.ImportFhir(request, metadata=labs.clinician_auth)
+    again = await labs.stub.ImportFhir(request, metadata=labs.admin_auth)
     statuses = {
         o.status
         for o in again.outcomes
@@ -379,10 +379,19 @@ async def test_import_fhir_lab_observations(labs: Running, shared_data: Path) ->
     assert checked > 0
 
 
+async def test_import_fhir_needs_admin_role(labs: Running) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await labs.stub.ImportFhir(
+            pb.ImportFhirRequest(bundle=b'{"resourceType": "Bundle", "entry": []}'),
+            metadata=labs.clinician_auth,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
 async def test_import_fhir_rejects_non_bundle(labs: Running) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await labs.stub.ImportFhir(
             pb.ImportFhirRequest(bundle=b'{"resourceType": "Patient"}'),
-            metadata=labs.clinician_auth,
+            metadata=labs.admin_auth,
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -73,6 +73,8 @@ class NetworkState:
     kafka_bootstrap: str = ""
     #: Whether the supervisor started the broker (else KAFKA_BOOTSTRAP_SERVERS).
     embedded_broker: bool = False
+    #: Process id of the embedded broker, 0 when KAFKA_BOOTSTRAP_SERVERS is used.
+    broker_pid: int = 0
     #: host:port of the ingress Envoy (grpc-web and native gRPC).
     ingress: str = ""
     ingress_admin: str = ""
@@ -135,6 +137,30 @@ class NetworkState:
                 f"running services: {sorted(self.services)}"
             ) from None
 
+    def recorded_pids(self) -> list[int]:
+        """Return every process id recorded, including zeros for none."""
+        pids = [self.supervisor_pid, self.ingress_pid, self.broker_pid]
+        for service in self.services.values():
+            for replica in service.replicas:
+                pids += [replica.pid, replica.sidecar_pid]
+        return pids
+
+    def live_processes(self) -> list[int]:
+        """Return the recorded processes that still run and belong to this network.
+
+        A process id from an old network.json may have been reused by an
+        unrelated program, so a process counts only when its command line or
+        environment names this state folder or the broker's address.
+        """
+        markers = [self.state_dir.encode()]
+        if self.broker_pid:
+            markers.append(self.kafka_bootstrap.encode())
+        return [
+            pid
+            for pid in self.recorded_pids()
+            if process_alive(pid) and _mentions(pid, markers)
+        ]
+
     def mllp_addresses(self, service: str = "labs") -> list[str]:
         """Return the MLLP listener addresses of every replica of ``service``."""
         if service not in self.services:
@@ -158,3 +184,13 @@ def process_alive(pid: int) -> bool:
         return True
     # The state letter follows the parenthesised command name.
     return stat.rpartition(")")[2].split()[0] != "Z"
+
+
+def _mentions(pid: int, markers: list[bytes]) -> bool:
+    text = b""
+    for name in ("cmdline", "environ"):
+        try:
+            text += Path(f"/proc/{pid}/{name}").read_bytes()
+        except OSError:
+            continue
+    return any(marker in text for marker in markers)

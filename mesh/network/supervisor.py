@@ -194,6 +194,10 @@ class Supervisor:
         self._broker = broker
         self.state.kafka_bootstrap = broker.bootstrap
         self.state.embedded_broker = True
+        # Recorded so that `hin down` can still stop the broker when this
+        # supervisor was killed; EmbeddedBroker keeps its process private.
+        process = getattr(broker, "_process", None)
+        self.state.broker_pid = process.pid if process is not None else 0
 
     async def _start_trace_receiver(self) -> None:
         if self._external_otlp:

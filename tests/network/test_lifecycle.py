@@ -40,11 +40,7 @@ def status(network: RunningNetwork) -> dict:
 
 
 def all_pids(state: NetworkState) -> list[int]:
-    pids = [state.supervisor_pid, state.ingress_pid]
-    for service in state.services.values():
-        for replica in service.replicas:
-            pids += [replica.pid, replica.sidecar_pid]
-    return pids
+    return [pid for pid in state.recorded_pids() if pid]
 
 
 def test_status_reports_every_service_up(small_network: RunningNetwork) -> None:
@@ -117,3 +113,16 @@ def test_down_leaves_no_process(small_network: RunningNetwork) -> None:
     host, port = state.kafka_bootstrap.rsplit(":", 1)
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection((host, int(port)), timeout=2).close()
+
+
+def test_down_after_supervisor_killed(small_network: RunningNetwork) -> None:
+    topology = small_network.state_dir / "test-topology.json"
+    result = small_network.hin("up", "--topology", str(topology))
+    assert result.returncode == 0, result.stderr
+    state = NetworkState.load(small_network.state_dir)
+    assert state.broker_pid > 0
+    os.kill(state.supervisor_pid, signal.SIGKILL)
+
+    result = small_network.hin("down")
+    assert result.returncode == 0, result.stderr
+    assert [pid for pid in all_pids(state) if process_alive(pid)] == []

@@ -13,6 +13,8 @@ from mesh.network.supervisor import send_control
 
 #: The supervisor gives each service 15 s to drain, then stops the rest.
 DOWN_TIMEOUT_SECONDS = 90.0
+#: Time processes left behind by a dead supervisor get after SIGTERM.
+LEFTOVER_GRACE_SECONDS = 15.0
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -37,18 +39,22 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.2)
 
     # Whatever the supervisor could not stop (it was killed, or timed out)
-    # is killed here, so nothing of the network keeps running.
-    state = NetworkState.load(state_dir)
-    leftovers = [state.supervisor_pid, state.ingress_pid]
-    for service in state.services.values():
-        for replica in service.replicas:
-            leftovers += [replica.pid, replica.sidecar_pid]
-    killed = [pid for pid in leftovers if process_alive(pid)]
-    for pid in killed:
-        os.kill(pid, signal.SIGKILL)
-    if killed:
-        print(
-            f"hin down: killed processes that did not stop: {killed}", file=sys.stderr
-        )
+    # gets SIGTERM and then SIGKILL here, so nothing of the network remains.
+    alive = NetworkState.load(state_dir).live_processes()
+    _signal_all(alive, signal.SIGTERM)
+    deadline = time.monotonic() + LEFTOVER_GRACE_SECONDS
+    while any(process_alive(pid) for pid in alive) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    _signal_all([pid for pid in alive if process_alive(pid)], signal.SIGKILL)
+    if alive:
+        print(f"hin down: stopped leftover processes {alive}", file=sys.stderr)
     print("network stopped")
     return 0
+
+
+def _signal_all(pids: list[int], sig: signal.Signals) -> None:
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue

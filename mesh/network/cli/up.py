@@ -17,7 +17,6 @@ from mesh.network.state import (
     STARTING,
     NetworkNotRunning,
     NetworkState,
-    process_alive,
 )
 from mesh.network.topology import (
     Topology,
@@ -68,10 +67,11 @@ def run(args: argparse.Namespace) -> int:
         existing = NetworkState.load(state_dir)
     except NetworkNotRunning:
         existing = None
-    if existing is not None and _live_processes(existing):
+    running = existing.live_processes() if existing is not None else []
+    if running:
         print(
             f"hin up: a network is already running from {state_dir} "
-            f"(processes {_live_processes(existing)}); run `hin down` first",
+            f"(processes {running}); run `hin down` first",
             file=sys.stderr,
         )
         return 1
@@ -88,14 +88,6 @@ def run(args: argparse.Namespace) -> int:
         return 1
     print_endpoints(state)
     return 0
-
-
-def _live_processes(state: NetworkState) -> list[int]:
-    pids = [state.supervisor_pid, state.ingress_pid]
-    for service in state.services.values():
-        for replica in service.replicas:
-            pids += [replica.pid, replica.sidecar_pid]
-    return [pid for pid in pids if process_alive(pid)]
 
 
 def _spawn_supervisor(

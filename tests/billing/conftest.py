@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,17 +91,13 @@ def billing_state(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     yield state
 
 
-@pytest.fixture(scope="module")
-async def billing(
-    billing_state: Path, kafka_bootstrap: str
+@asynccontextmanager
+async def running_billing(
+    state: Path, bootstrap: str, database_url: str
 ) -> AsyncIterator[Billing]:
-    """Billing on SQLite with VAT 0, the shipped price list and a scripted payer."""
+    """Start billing with VAT 0, the shipped price list and a scripted payer."""
     payer = ScriptedPayer()
-    settings = billing_settings(
-        billing_state,
-        kafka_bootstrap,
-        f"sqlite:///{billing_state / 'billing.db'}",
-    )
+    settings = billing_settings(state, bootstrap, database_url)
     host = ServiceHost(
         settings=settings,
         build=make_build(payer=payer),
@@ -113,12 +110,22 @@ async def billing(
         yield Billing(
             host=host,
             stub=pb_grpc.BillingServiceStub(channel),
-            state=billing_state,
+            state=state,
             payer=payer,
-            clerk=bearer(billing_state, "clerk-1", ["billing-clerk"]),
-            admin=bearer(billing_state, "admin-1", ["billing-admin"]),
-            doctor=bearer(billing_state, "doctor-1", ["doctor"]),
+            clerk=bearer(state, "clerk-1", ["billing-clerk"]),
+            admin=bearer(state, "admin-1", ["billing-admin"]),
+            doctor=bearer(state, "doctor-1", ["doctor"]),
         )
     finally:
         await channel.close()
         await host.stop(grace=5)
+
+
+@pytest.fixture(scope="module")
+async def billing(
+    billing_state: Path, kafka_bootstrap: str
+) -> AsyncIterator[Billing]:
+    """Billing on SQLite, started once per test module."""
+    url = f"sqlite:///{billing_state / 'billing.db'}"
+    async with running_billing(billing_state, kafka_bootstrap, url) as service:
+        yield service

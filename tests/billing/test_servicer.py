@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import uuid
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -17,7 +19,7 @@ from hin.billing.v1 import billing_service_pb2 as pb
 from hin.billing.v1 import events_pb2 as events
 from hin.common.v1 import types_pb2 as types
 from svc_billing import domain
-from tests.billing.conftest import Billing
+from tests.billing.conftest import Billing, running_billing
 from tests.billing.upstream import read_topic
 
 VISIT = "urn:hin:code:visit-type"
@@ -92,6 +94,25 @@ async def add_policy(billing: Billing, patient_id: str, **fields: object) -> pb.
         metadata=billing.clerk,
     )
     return response.policy
+
+
+@pytest.fixture(
+    scope="module",
+    params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+async def billing(
+    request: pytest.FixtureRequest,
+    billing_state: Path,
+    kafka_bootstrap: str,
+    postgres_database: Callable[[], str],
+) -> AsyncIterator[Billing]:
+    """Billing once on SQLite and once on PostgreSQL for every test here."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{billing_state / 'billing.db'}"
+    else:
+        url = postgres_database()
+    async with running_billing(billing_state, kafka_bootstrap, url) as service:
+        yield service
 
 
 # Charges ------------------------------------------------------------------

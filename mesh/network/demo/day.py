@@ -542,7 +542,7 @@ class HospitalDay:
         self.result.charges_minor_units = sum(c.amount.minor_units for c in charges)
         self._step(
             f"billing posted {len(charges)} charges from events: "
-            f"{_egp(self.result.charges_minor_units)}"
+            f"{format_egp(self.result.charges_minor_units)}"
         )
 
         invoice = await self.billing.IssueInvoice(
@@ -573,9 +573,10 @@ class HospitalDay:
         )
         self.result.claim_status = billing.ClaimStatus.Name(submitted.claim.status)
         self._step(
-            f"invoice {_egp(self.result.invoice_total_minor_units)}: patient pays "
-            f"{_egp(self.result.patient_share_minor_units)}, insurer "
-            f"{_egp(self.result.payer_share_minor_units)}; "
+            f"invoice {format_egp(self.result.invoice_total_minor_units)}: "
+            "patient pays "
+            f"{format_egp(self.result.patient_share_minor_units)}, insurer "
+            f"{format_egp(self.result.payer_share_minor_units)}; "
             f"claim {self.result.claim_status}"
         )
 
@@ -748,7 +749,7 @@ def _ts(moment: datetime) -> Timestamp:
     return stamp
 
 
-def _egp(minor_units: int) -> str:
+def format_egp(minor_units: int) -> str:
     sign = "-" if minor_units < 0 else ""
     pounds, piastres = divmod(abs(minor_units), 100)
     return f"{sign}{pounds:,}.{piastres:02d} EGP"

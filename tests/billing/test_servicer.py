@@ -678,7 +678,7 @@ async def test_money_events_published(billing: Billing, kafka_bootstrap: str) ->
         ),
         metadata=billing.clerk,
     )
-    wanted = {
+    event_types = {
         "hin.billing.v1.ChargePosted": events.ChargePosted,
         "hin.billing.v1.InvoiceIssued": events.InvoiceIssued,
         "hin.billing.v1.ClaimSubmitted": events.ClaimSubmitted,
@@ -690,8 +690,8 @@ async def test_money_events_published(billing: Billing, kafka_bootstrap: str) ->
         found: dict[str, Any] = {}
         for headers, value in records:
             event_type = headers.get("ce_type", "")
-            if event_type in wanted:
-                event = wanted[event_type].FromString(value)
+            if event_type in event_types:
+                event = event_types[event_type].FromString(value)
                 if event.patient_id == patient_id:
                     found[event_type] = event
         return found
@@ -700,7 +700,7 @@ async def test_money_events_published(billing: Billing, kafka_bootstrap: str) ->
         read_topic,
         kafka_bootstrap,
         "hin.billing.events.v1",
-        complete=lambda records: len(of_patient(records)) == len(wanted),
+        complete=lambda records: len(of_patient(records)) == len(event_types),
     )
     found = of_patient(records)
     assert found["hin.billing.v1.InvoiceIssued"].total == egp(GENERAL_VISIT_PRICE)

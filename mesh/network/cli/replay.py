@@ -7,7 +7,9 @@ import os
 import sys
 from datetime import UTC, datetime
 
+from confluent_kafka import KafkaException
 from opentelemetry.sdk.trace import TracerProvider
+from sqlalchemy.exc import SQLAlchemyError
 
 from mesh.network.broker import BrokerError, bootstrap_from_environment
 from mesh.runtime.events import (
@@ -81,7 +83,15 @@ def run(args: argparse.Namespace) -> int:
         return 1
 
     # The broker may have restarted empty, so the topics are created first.
-    ensure_topics(bootstrap=bootstrap, topics=all_event_topics(), extra=extra)
+    try:
+        ensure_topics(bootstrap=bootstrap, topics=all_event_topics(), extra=extra)
+    except KafkaException as exc:
+        print(
+            f"hin replay: creating topics on {bootstrap} failed: {exc.args[0]}; "
+            "check that the broker is running",
+            file=sys.stderr,
+        )
+        return 1
     db = Database(url)
     relay = OutboxRelay(
         db=db,
@@ -99,6 +109,14 @@ def run(args: argparse.Namespace) -> int:
         count = relay.republish(since=args.since, until=args.until)
     except RelayError as exc:
         print(f"hin replay: {exc}", file=sys.stderr)
+        return 1
+    except SQLAlchemyError as exc:
+        print(
+            f"hin replay: reading the outbox of {db.url!r} failed "
+            f"({type(exc).__name__}); check --database-url and that the service "
+            "has migrated its database",
+            file=sys.stderr,
+        )
         return 1
     finally:
         relay.stop(timeout=5.0)

@@ -21,6 +21,7 @@ from mesh.runtime.events.consumer import (
     consumer_config,
 )
 from mesh.runtime.events.envelope import context_topics, dlq_topic
+from mesh.runtime.events.kafka_log import KAFKA_LOGGER
 from mesh.runtime.events.outbox import Outbox
 from mesh.runtime.events.relay import OutboxRelay, RelayOptions, producer_config
 from mesh.runtime.events.tables import inbox_table, outbox_table
@@ -54,7 +55,8 @@ def ensure_topics(
     """
     names = sorted(set(topics))
     admin = AdminClient(
-        {"bootstrap.servers": bootstrap, **_admin_settings(extra or {})}
+        {"bootstrap.servers": bootstrap, **_admin_settings(extra or {})},
+        logger=KAFKA_LOGGER,
     )
     existing = set(admin.list_topics(timeout=timeout).topics)
     missing = [name for name in names if name not in existing]

@@ -7,6 +7,7 @@ mismatch makes ``hin demo`` exit non-zero.
 
 from __future__ import annotations
 
+import json
 from collections import Counter
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -44,6 +45,8 @@ class Report:
 
     sections: list[tuple[str, list[str]]] = field(default_factory=list)
     checks: list[Check] = field(default_factory=list)
+    #: Machine-readable figures, written to <state>/demo-report.json.
+    figures: dict[str, Any] = field(default_factory=dict)
 
     def section(self, title: str, lines: list[str]) -> None:
         self.sections.append((title, lines))
@@ -56,6 +59,22 @@ class Report:
     @property
     def failed(self) -> list[Check]:
         return [c for c in self.checks if not c.ok]
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the figures and every invariant with its outcome."""
+        return {
+            "figures": self.figures,
+            "checks": [
+                {
+                    "name": c.name,
+                    "expected": c.expected,
+                    "actual": c.actual,
+                    "ok": c.ok,
+                }
+                for c in self.checks
+            ],
+            "ok": not self.failed,
+        }
 
     def render(self) -> str:
         out: list[str] = []
@@ -94,6 +113,13 @@ def import_table(source: Counter[str], summary: dict[str, Any], report: Report) 
             f"{counts.get('rejected', 0):>10}  {service}"
         )
     report.section("FHIR import (Synthea bundles)", lines)
+    report.figures["fhir_source"] = dict(source)
+    report.figures["fhir_import"] = {
+        resource_type: {
+            key: counts.get(key, 0) for key in ("imported", "duplicate", "rejected")
+        }
+        for resource_type, counts in resources.items()
+    }
     for resource_type, owner in OWNED_TYPES.items():
         counts = resources.get(resource_type, {})
         taken = counts.get("imported", 0) + counts.get("duplicate", 0)
@@ -106,8 +132,6 @@ def import_table(source: Counter[str], summary: dict[str, Any], report: Report) 
 
 def claim_totals(folder: Path) -> tuple[int, int]:
     """Sum Claim.total and EOB payment amounts of the bundles, in minor units."""
-    import json
-
     claims, payments = Decimal(0), Decimal(0)
     for path in sorted(folder.glob("*.json")):
         for entry in json.loads(path.read_bytes()).get("entry", []):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import shutil
 import sys
@@ -31,7 +32,7 @@ from mesh.network.demo.day import (
     format_egp,
 )
 from mesh.network.demo.report import Report, claim_totals, import_table
-from mesh.network.demo.sources import Hl7Message, read_hl7
+from mesh.network.demo.sources import Hl7Message, read_fhir_paths, read_hl7
 from mesh.network.importers import SERVICE_ORDER, FhirImporter
 from mesh.network.mllp import MllpClient, MllpError
 from mesh.network.state import NetworkState
@@ -80,6 +81,9 @@ def run_demo(options: DemoOptions) -> int:
             _down(state_dir)
         return 1
     print(report.render())
+    (state_dir / "demo-report.json").write_text(
+        json.dumps(report.to_json(), indent=2, ensure_ascii=False, default=str)
+    )
     if options.keep:
         print(
             f"\nthe network keeps running; stop it with: hin down --state {state_dir}"
@@ -126,9 +130,15 @@ async def _walk(
     channel = ingress_channel(state_dir)
     try:
         print("2. importing the sample data", flush=True)
-        source = read_fhir_files(bundles)
+        source = read_fhir_paths(bundles)
         summary = await _import(state_dir, network, channel, bundles)
-        import_table(source, summary, report)
+        import_table(source.resources, summary, report)
+        observations = summary.get("resources", {}).get("Observation", {})
+        report.check(
+            "labs took every laboratory Observation of the bundles",
+            source.lab_observations,
+            observations.get("imported", 0) + observations.get("duplicate", 0),
+        )
 
         acks = await _send_hl7(network, messages)
         _hl7_section(messages, acks, report)
@@ -158,22 +168,6 @@ def _limited(bundles: list[Path], limit: int) -> list[Path]:
     directory = [b for b in bundles if b.name.startswith(("practitioner", "hospital"))]
     patients = [b for b in bundles if b not in directory]
     return directory + patients[:limit]
-
-
-def read_fhir_files(bundles: list[Path]) -> Counter[str]:
-    counts: Counter[str] = Counter()
-    for path in bundles:
-        counts.update(read_fhir_single(path))
-    return counts
-
-
-def read_fhir_single(path: Path) -> Counter[str]:
-    import json
-
-    bundle = json.loads(path.read_bytes())
-    return Counter(
-        e.get("resource", {}).get("resourceType", "") for e in bundle.get("entry", [])
-    )
 
 
 async def _import(

@@ -40,8 +40,13 @@ class Hl7Message:
 
 def read_fhir(folder: Path) -> FhirSource:
     """Count resources per type in every bundle of ``folder``."""
+    return read_fhir_paths(sorted(folder.glob("*.json")))
+
+
+def read_fhir_paths(paths: list[Path]) -> FhirSource:
+    """Count resources per type in the given bundle files."""
     source = FhirSource()
-    for path in sorted(folder.glob("*.json")):
+    for path in paths:
         bundle = json.loads(path.read_bytes())
         source.files.append(path)
         for entry in bundle.get("entry", []):

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 from bus_sample import HANDLER, count_notes, effects, write_update
+from confluent_kafka.admin import AdminClient
 from kafka_probe import wait_until
 from opentelemetry.sdk.trace import TracerProvider
 
@@ -118,6 +119,10 @@ def test_broker_restart_empty_loses_nothing(
         broker.start()
         wait_until(lambda: set(during) <= recorder.applied(), what="recovered events")
 
+        admin = AdminClient({"bootstrap.servers": bootstrap})
+        metadata = admin.list_topics(TOPIC, timeout=10)
+        partitions_after_restart = len(metadata.topics[TOPIC].partitions)
+
         # hin replay publishes all six again; the consumer skips each.
         monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", bootstrap)
         url = db.url.render_as_string(hide_password=False)
@@ -142,6 +147,9 @@ def test_broker_restart_empty_loses_nothing(
         relay.stop(timeout=5)
         broker.stop()
 
+    # The recovered topic was created with its partition count, not by a
+    # produce request with the broker's default.
+    assert partitions_after_restart == 3
     rows = effects(db, patient_id=patient_id)
     assert [row.event_id for row in rows] == before + during
     assert [row.version for row in rows] == [1, 2, 3, 4, 5, 6]

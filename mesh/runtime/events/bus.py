@@ -171,6 +171,7 @@ class EventBus:
             producer_config=producer_settings,
             tracer_provider=self._tracer_provider,
             options=self.consumer_options,
+            ensure_topics=self._ensure_topics_logged,
         )
         self.consumer.start()
 

@@ -163,6 +163,7 @@ class EventConsumer:
         consumer_factory: Callable[[dict[str, Any]], Consumer] = Consumer,
         producer_factory: Callable[[dict[str, Any]], Producer] = Producer,
         after_transaction: TransactionHook | None = None,
+        ensure_topics: Callable[[], None] | None = None,
     ) -> None:
         self._service = service
         self._db = db
@@ -176,6 +177,7 @@ class EventConsumer:
         self._consumer_factory = consumer_factory
         self._producer_factory = producer_factory
         self._after_transaction = after_transaction
+        self._ensure_topics = ensure_topics
         self._dlq_producer: Producer | None = None
         self._topic_watch = TopicWatch(
             topics=self._topics, admin_config=_admin_config(self._consumer_config)
@@ -462,14 +464,14 @@ class EventConsumer:
             producer.flush(10.0)
         except (KafkaException, BufferError) as exc:
             logger.warning("dead-lettering failed", extra={"error": str(exc)})
-            self._close_dlq_producer()
+            self._recover_dlq()
             return False
         if not reports or reports[0] is not None:
             logger.warning(
                 "dead-lettering not confirmed; the record will be read again",
                 extra={"error": reports[0].name() if reports and reports[0] else ""},
             )
-            self._close_dlq_producer()
+            self._recover_dlq()
             return False
         logger.warning(
             "record sent to the dead-letter topic",
@@ -487,6 +489,16 @@ class EventConsumer:
         if self._dlq_producer is None:
             self._dlq_producer = self._producer_factory(self._producer_config)
         return self._dlq_producer
+
+    def _recover_dlq(self) -> None:
+        # The DLQ topic may be missing after a broker restart, and the
+        # producer does not create topics by itself.
+        self._close_dlq_producer()
+        if self._ensure_topics is not None:
+            try:
+                self._ensure_topics()
+            except Exception as exc:
+                logger.warning("creating topics failed", extra={"error": str(exc)})
 
     def _close_dlq_producer(self) -> None:
         producer, self._dlq_producer = self._dlq_producer, None

@@ -84,6 +84,9 @@ def producer_config(
         # The same key-to-partition mapping as the Java client, so records of
         # one key land on one partition whichever client wrote them.
         "partitioner": "murmur2_random",
+        # A topic created by a produce request gets the broker's default
+        # partition count; topics are created explicitly instead.
+        "allow.auto.create.topics": False,
         "logger": KAFKA_LOGGER,
     }
     config.update(extra)
@@ -349,6 +352,7 @@ class OutboxRelay:
         ):
             self._replace_producer(reason=f"{self._failed_batches} failed batches")
             self._failed_batches = 0
+        self._create_missing_topics()
         return len(confirmed), complete
 
     def _produce(
@@ -461,13 +465,17 @@ class OutboxRelay:
     def _replace_producer(self, *, reason: str) -> None:
         logger.warning("replacing the outbox producer", extra={"reason": reason})
         self._close_producer(timeout=0.0)
-        if self._ensure_topics is not None:
-            # A broker that lost its data lost the topics too; recreate them
-            # with their partition count before the re-send auto-creates them.
-            try:
-                self._ensure_topics()
-            except Exception as exc:
-                logger.warning("creating topics failed", extra={"error": str(exc)})
+
+    def _create_missing_topics(self) -> None:
+        # A broker that lost its data lost the topics too. The producer does
+        # not create topics (allow.auto.create.topics is false), so the
+        # re-send waits until they exist with their partition count.
+        if self._ensure_topics is None:
+            return
+        try:
+            self._ensure_topics()
+        except Exception as exc:
+            logger.warning("creating topics failed", extra={"error": str(exc)})
 
     def _close_producer(self, *, timeout: float) -> None:
         producer, self._producer = self._producer, None

@@ -15,7 +15,7 @@ from hin.billing.v1 import billing_service_pb2 as pb
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from hin.common.v1 import fhir_pb2
 from hin.common.v1 import types_pb2 as types
-from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.authz import Authorizer, Purpose, authorize
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
 from svc_billing import (
@@ -43,7 +43,8 @@ T = TypeVar("T")
 
 READ = "billing.billing.read"
 WRITE = "billing.billing.write"
-PRICE_WRITE = "billing.admin.write"
+#: Price list changes and FHIR imports are administration, not patient billing.
+ADMIN_WRITE = "billing.admin.write"
 MAX_QUANTITY = 10_000
 PAYMENT_METHODS = ("cash", "card", "transfer", "payer-remittance")
 
@@ -66,6 +67,15 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self._payer = payer
         self._vat_basis_points = vat_basis_points
 
+    async def _authorize(self, *, action: str, patient_id: str = "") -> None:
+        """Check the caller for ``action``; billing acts for payment (HIPAA TPO)."""
+        await authorize(
+            self._authorizer,
+            action=action,
+            patient_id=patient_id,
+            purpose=Purpose.PURPOSE_PAYMENT,
+        )
+
     # Prices ----------------------------------------------------------------
 
     async def ListPrices(
@@ -77,7 +87,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             "as_of"
         ) else None
         v.check()
-        await authorize(self._authorizer, action=READ)
+        await self._authorize(action=READ)
 
         def load(session: Session) -> list[pb.PriceEntry]:
             statement = select(store.PriceRow)
@@ -110,7 +120,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         check_money(v, request.unit_price, "unit_price", required=True)
         day = check_date(v, request.effective_from, "effective_from")
         v.check()
-        await authorize(self._authorizer, action=PRICE_WRITE)
+        await self._authorize(action=ADMIN_WRITE)
         assert day is not None
 
         def write(session: Session) -> pb.PriceEntry:
@@ -149,7 +159,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         if request.HasField("unit_price"):
             check_money(v, request.unit_price, "unit_price", required=True)
         v.check()
-        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        await self._authorize(action=WRITE, patient_id=request.patient_id)
 
         item = ledger.ChargeInput(
             patient_id=request.patient_id,
@@ -185,7 +195,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         patient_id = await self._db.run(
             lambda s: ledger.load_charge(s, request.charge_id).patient_id
         )
-        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        await self._authorize(action=WRITE, patient_id=patient_id)
 
         def write(session: Session) -> pb.Charge:
             row = ledger.reverse_charge(
@@ -208,7 +218,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         charge = await self._db.run(
             lambda s: convert.charge(ledger.load_charge(s, request.charge_id))
         )
-        await authorize(self._authorizer, action=READ, patient_id=charge.patient_id)
+        await self._authorize(action=READ, patient_id=charge.patient_id)
         return pb.GetChargeResponse(charge=charge)
 
     async def ListCharges(
@@ -218,7 +228,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Charge]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -247,7 +257,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.idempotency_key, "idempotency_key")
         v.require(request.patient_id, "patient_id")
         v.check()
-        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        await self._authorize(action=WRITE, patient_id=request.patient_id)
         request_hash = ledger.fingerprint(request)
 
         def write(session: Session) -> pb.Invoice:
@@ -276,7 +286,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         patient_id = await self._db.run(
             lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
         )
-        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        await self._authorize(action=WRITE, patient_id=patient_id)
 
         def write(session: Session) -> pb.Invoice:
             row = ledger.void_invoice(
@@ -301,7 +311,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             return convert.invoice(row, store.invoice_lines(session, row.invoice_id))
 
         invoice = await self._db.run(load)
-        await authorize(self._authorizer, action=READ, patient_id=invoice.patient_id)
+        await self._authorize(action=READ, patient_id=invoice.patient_id)
         return pb.GetInvoiceResponse(invoice=invoice)
 
     async def ListInvoices(
@@ -311,7 +321,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Invoice]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -358,7 +368,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         ):
             v.add("period.end", "must be after period.start")
         v.check()
-        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        await self._authorize(action=WRITE, patient_id=request.patient_id)
         request_hash = ledger.fingerprint(request)
 
         def write(session: Session) -> pb.Policy:
@@ -407,7 +417,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Policy]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -426,7 +436,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         check_coding(v, request.service, "service")
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
         moment = (
             convert.to_datetime(request.service_date)
             if request.HasField("service_date")
@@ -446,7 +456,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         patient_id = await self._db.run(
             lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
         )
-        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        await self._authorize(action=WRITE, patient_id=patient_id)
         request_hash = ledger.fingerprint(request)
 
         def write(session: Session) -> pb.Claim:
@@ -488,7 +498,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         patient_id = await self._db.run(
             lambda s: ledger.load_claim(s, claim_id).patient_id
         )
-        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        await self._authorize(action=WRITE, patient_id=patient_id)
 
         # Mark the attempt in one transaction, call the payer with no
         # transaction open, then record its adjudication in a second one.
@@ -540,7 +550,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         patient_id = await self._db.run(
             lambda s: ledger.load_claim(s, request.claim_id).patient_id
         )
-        await authorize(self._authorizer, action=WRITE, patient_id=patient_id)
+        await self._authorize(action=WRITE, patient_id=patient_id)
 
         def write(session: Session) -> pb.Claim:
             claim = ledger.load_claim(session, request.claim_id)
@@ -574,7 +584,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         claim = await self._db.run(
             lambda s: claim_message(s, ledger.load_claim(s, request.claim_id))
         )
-        await authorize(self._authorizer, action=READ, patient_id=claim.patient_id)
+        await self._authorize(action=READ, patient_id=claim.patient_id)
         return pb.GetClaimResponse(claim=claim)
 
     async def ListClaims(
@@ -584,7 +594,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> tuple[list[pb.Claim], int]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -626,7 +636,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         if request.payer_id and not request.invoice_id:
             v.add("invoice_id", "is required for a payer payment")
         v.check()
-        await authorize(self._authorizer, action=WRITE, patient_id=request.patient_id)
+        await self._authorize(action=WRITE, patient_id=request.patient_id)
         item = ledger.PaymentInput(
             patient_id=request.patient_id,
             payer_id=request.payer_id,
@@ -652,7 +662,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Payment]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -678,7 +688,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(request.patient_id, "patient_id")
         v.check()
-        await authorize(self._authorizer, action=READ, patient_id=request.patient_id)
+        await self._authorize(action=READ, patient_id=request.patient_id)
         balances = await self._db.run(patient_balances, request.patient_id)
         return pb.GetPatientBalanceResponse(
             patient_id=request.patient_id, balances=balances
@@ -690,7 +700,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(request.payer_id, "payer_id")
         v.check()
-        await authorize(self._authorizer, action=READ)
+        await self._authorize(action=READ)
         balances = await self._db.run(payer_balances, request.payer_id)
         return pb.GetPayerBalanceResponse(payer_id=request.payer_id, balances=balances)
 
@@ -708,7 +718,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             except fhir_import.BundleError as exc:
                 v.add("bundle", str(exc))
         v.check()
-        await authorize(self._authorizer, action=WRITE)
+        await self._authorize(action=ADMIN_WRITE)
 
         def write(session: Session) -> list[fhir_pb2.FhirImportOutcome]:
             importer = fhir_import.Importer(

@@ -76,7 +76,7 @@ async def imported(
             pb.ImportFhirRequest(
                 bundle=data, resolved_references=bundle_references, source=name
             ),
-            metadata=billing.clerk,
+            metadata=billing.admin,
         )
         outcomes.extend(response.outcomes)
     return {"payloads": payloads, "totals": totals, "outcomes": outcomes}
@@ -121,7 +121,7 @@ async def test_second_import_changes_nothing(
     )
     response = await billing.stub.ImportFhir(
         pb.ImportFhirRequest(bundle=data, resolved_references=references, source=name),
-        metadata=billing.clerk,
+        metadata=billing.admin,
     )
     statuses = {
         o.status for o in response.outcomes
@@ -209,7 +209,7 @@ async def test_coverage_becomes_policy(billing: Billing) -> None:
             resolved_references={"urn:uuid:pat-a": patient_id},
             source="coverage.json",
         ),
-        metadata=billing.clerk,
+        metadata=billing.admin,
     )
     imported_outcome, rejected = response.outcomes
     assert imported_outcome.status == fhir_pb2.FHIR_IMPORT_STATUS_IMPORTED
@@ -230,6 +230,15 @@ async def test_coverage_becomes_policy(billing: Billing) -> None:
 async def test_invalid_bundle_names_field(billing: Billing) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await billing.stub.ImportFhir(
-            pb.ImportFhirRequest(bundle=b"{not json"), metadata=billing.clerk
+            pb.ImportFhirRequest(bundle=b"{not json"), metadata=billing.admin
         )
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_import_needs_admin_role(billing: Billing) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await billing.stub.ImportFhir(
+            pb.ImportFhirRequest(bundle=coverage_bundle("urn:uuid:pat-b")),
+            metadata=billing.clerk,
+        )
+    assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -1,7 +1,7 @@
 """``hin billing``: read prices, charges and balances from the running network.
 
-Calls go through the ingress with an administrator development token, like
-``hin import``. Amounts print as decimal text converted from integer minor
+Calls go through the ingress, like ``hin import``, with a development token
+of the billing_clerk role. Amounts print as decimal text converted from integer minor
 units (two decimal places), never through floating point.
 """
 
@@ -16,7 +16,11 @@ import grpc
 from hin.billing.v1 import billing_service_pb2 as pb
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from hin.common.v1 import types_pb2 as types
-from mesh.network.clients import admin_metadata, ingress_channel_sync
+from mesh.network.clients import (
+    ADMIN_ORGANIZATION,
+    admin_metadata,
+    ingress_channel_sync,
+)
 from mesh.network.state import NetworkNotRunning
 
 CALL_TIMEOUT_SECONDS = 30.0
@@ -37,12 +41,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     prices.set_defaults(func=run, billing_action=print_prices)
     charges = actions.add_parser("charges", help="print a patient's charges")
     charges.add_argument("patient_id", help="HIN patient id")
+    add_organization(charges)
     charges.set_defaults(func=run, billing_action=print_charges)
     balance = actions.add_parser(
         "balance", help="print what a patient owes, paid and claimed, per currency"
     )
     balance.add_argument("patient_id", help="HIN patient id")
+    add_organization(balance)
     balance.set_defaults(func=run, billing_action=print_balance)
+
+
+def add_organization(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--org",
+        default=ADMIN_ORGANIZATION,
+        help="organization (hospital) id the billing clerk works for; access "
+        "to another organization's patient needs their consent (default: "
+        f"{ADMIN_ORGANIZATION})",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -54,7 +70,14 @@ def run(args: argparse.Namespace) -> int:
         return 1
     with channel:
         stub = pb_grpc.BillingServiceStub(channel)
-        metadata = admin_metadata(args.state)
+        # Billing data is read by billing staff; the administrator role
+        # carries no billing permission.
+        metadata = admin_metadata(
+            args.state,
+            subject="hin-cli-billing",
+            roles=("billing_clerk",),
+            organization_id=getattr(args, "org", ADMIN_ORGANIZATION),
+        )
         try:
             args.billing_action(stub, metadata, args, sys.stdout)
         except grpc.RpcError as exc:

@@ -791,3 +791,10 @@ async def test_set_price_needs_admin(billing: Billing) -> None:
             metadata=billing.clerk,
         )
     assert caught.value.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_old_service_date_priced(billing: Billing) -> None:
+    # Results sent over HL7 can carry service dates decades back; the shipped
+    # price list applies from 1900-01-01.
+    charge = await post(billing, new_patient(), service_date=stamp(1995, 3, 1))
+    assert charge.amount == egp(GENERAL_VISIT_PRICE)

@@ -388,8 +388,10 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
                 member_id=request.member_id,
                 plan_code=request.plan_code,
                 coverage_basis_points=request.coverage_basis_points,
-                currency=currencies.pop() if currencies else store.price_currency(
-                    session
+                currency=(
+                    next(iter(currencies))
+                    if currencies
+                    else store.price_currency(session)
                 ),
                 copay_minor=request.copay.minor_units,
                 deductible_minor=request.deductible.minor_units,

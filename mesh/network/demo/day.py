@@ -66,7 +66,7 @@ class DemoFailure(RuntimeError):
 
 @dataclass
 class DayResult:
-    """What happened during the day, for the report."""
+    """Ids, amounts, notifications and trace ids of the day, for the report."""
 
     patient_id: str = ""
     appointment_id: str = ""

@@ -42,7 +42,7 @@ from mesh.runtime.events.dead_letters import read_dead_letters
 
 @dataclass(frozen=True)
 class DemoOptions:
-    """What to run the demo on and what to leave behind."""
+    """Input data, state folder and clean-up choice of one demo run."""
 
     state_dir: Path
     data_dir: Path

@@ -1,7 +1,7 @@
 """Facts about the sample data, read from the files alone.
 
 The demo compares what the services report with these figures, so nothing
-here asks a service or imports one.
+here calls a service or imports one.
 """
 
 from __future__ import annotations

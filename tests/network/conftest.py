@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -18,11 +19,22 @@ from pathlib import Path
 
 import pytest
 
+from mesh.network.devkeys import mint_token
 from mesh.network.state import NetworkState
 from mesh.network.topology import CallRule, ServiceDef, Topology
 
 ROOT = Path(__file__).resolve().parents[2]
+GRPCWEB_DIR = ROOT / "tests" / "grpcweb"
+IDLE_STREAM_TEST = "test_idle_stream_delivers_after_minutes"
 FAILING_INSTANCE = "2"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the idle-stream test last, so other tests run while its stream waits."""
+    idle = [item for item in items if item.name == IDLE_STREAM_TEST]
+    for item in idle:
+        items.remove(item)
+    items.extend(idle)
 
 
 def stand_in(name: str, grpc_service: str) -> ServiceDef:
@@ -87,6 +99,8 @@ class RunningNetwork:
 
     state_dir: Path
     state: NetworkState
+    #: The grpc-web client's two-minute stream, started with the network.
+    idle_stream: subprocess.Popen[str] | None = None
 
     def hin(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
         """Run ``hin`` against this network."""
@@ -105,13 +119,49 @@ def start_network(state_dir: Path, topology: Topology) -> RunningNetwork:
     return RunningNetwork(state_dir=state_dir, state=NetworkState.load(state_dir))
 
 
+def person_token(state_dir: Path) -> str:
+    """Return a doctor's development token for the network in ``state_dir``."""
+    return mint_token(
+        state_dir, subject="web-user", roles=["doctor"], organization_id="org-1"
+    )
+
+
+def grpcweb_command(network: RunningNetwork, action: str, *args: str) -> list[str]:
+    """Return the command that runs the Node grpc-web client against the ingress."""
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is not installed; the grpc-web client needs Node 18 or newer")
+    return [node, "client.js", action, f"http://{network.state.ingress}", *args]
+
+
+def start_idle_stream(network: RunningNetwork) -> subprocess.Popen[str]:
+    """Start a grpc-web stream of three messages one minute apart."""
+    token = person_token(network.state_dir)
+    return subprocess.Popen(
+        grpcweb_command(network, "stream", token, "late", "3", "60000"),
+        cwd=GRPCWEB_DIR,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
 @pytest.fixture(scope="session")
-def mesh_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningNetwork]:
+def mesh_network(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[RunningNetwork]:
     """The session's test network; ``hin down`` stops it at the end."""
     network = start_network(
         tmp_path_factory.mktemp("mesh") / "state", mesh_test_topology()
     )
+    # The idle-stream test needs two minutes of wall time; starting its stream
+    # now lets the other tests run meanwhile instead of after it.
+    if any(item.name == IDLE_STREAM_TEST for item in request.session.items):
+        network.idle_stream = start_idle_stream(network)
     try:
         yield network
     finally:
+        if network.idle_stream is not None and network.idle_stream.poll() is None:
+            network.idle_stream.kill()
+            network.idle_stream.communicate()
         network.hin("down")

@@ -3,33 +3,31 @@
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from mesh.network.devkeys import mint_token
-from tests.network.conftest import ROOT, RunningNetwork
+from tests.network.conftest import (
+    GRPCWEB_DIR,
+    RunningNetwork,
+    grpcweb_command,
+    person_token,
+    start_idle_stream,
+)
 
 pytestmark = pytest.mark.mesh
-
-CLIENT_DIR = ROOT / "tests" / "grpcweb"
 
 
 def run_client(
     network: RunningNetwork, *args: str, token: str = "", timeout: float = 60
 ) -> list[dict[str, Any]]:
     """Run the Node client and return the JSON objects it printed."""
-    node = shutil.which("node")
-    if node is None:
-        pytest.fail("node is not installed; the grpc-web client needs Node 18 or newer")
     action, *rest = args
     result = subprocess.run(
-        [node, "client.js", action, f"http://{network.state.ingress}", token, *rest],
-        cwd=CLIENT_DIR,
+        grpcweb_command(network, action, token, *rest),
+        cwd=GRPCWEB_DIR,
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -37,12 +35,6 @@ def run_client(
     )
     assert result.returncode == 0, result.stderr
     return [json.loads(line) for line in result.stdout.splitlines()]
-
-
-def person_token(state_dir: Path) -> str:
-    return mint_token(
-        state_dir, subject="web-user", roles=["doctor"], organization_id="org-1"
-    )
 
 
 def test_unary_call_through_ingress(mesh_network: RunningNetwork) -> None:
@@ -90,11 +82,11 @@ def test_cors_preflight_exposes_grpc_status(mesh_network: RunningNetwork) -> Non
 @pytest.mark.slow
 def test_idle_stream_delivers_after_minutes(mesh_network: RunningNetwork) -> None:
     # Three messages a minute apart: the stream sits idle for a minute twice
-    # and stays open for two minutes in all.
-    token = person_token(mesh_network.state_dir)
-    replies = run_client(
-        mesh_network, "stream", "late", "3", "60000", token=token, timeout=200
-    )
+    # and stays open for two minutes in all. The session fixture started it.
+    process = mesh_network.idle_stream or start_idle_stream(mesh_network)
+    stdout, stderr = process.communicate(timeout=200)
+    assert process.returncode == 0, stderr
+    replies = [json.loads(line) for line in stdout.splitlines()]
     assert [r["sequence"] for r in replies] == [0, 1, 2]
     assert replies[-1]["at_ms"] >= 120_000
 

@@ -141,12 +141,17 @@ class InvalidEvent(Exception):
 class EventConsumer:
     """Poll Kafka on a thread of its own and apply each record once.
 
-    Per record: skip it when no handler is registered for its ``ce_type``; decode it (an
-    undecodable payload goes to the dead-letter topic at once); run the
-    handler and write the inbox row in one transaction, retrying with
-    exponential backoff; after ``max_attempts`` send it to ``<topic>.dlq``
-    with the error in its headers; then commit the offset. The asyncio loop
-    of the process is never blocked by any of this.
+    For each record, the consumer:
+
+    1. skips it when no handler is registered for its ``ce_type``;
+    2. decodes it, and sends an undecodable payload to the DLQ at once;
+    3. runs the handler and writes the inbox row in one transaction,
+       retrying with exponential backoff;
+    4. sends it to ``<topic>.dlq`` with the error in its headers after
+       ``max_attempts`` failures;
+    5. commits its offset.
+
+    All of this runs on the consumer's own thread, never on the asyncio loop.
     """
 
     def __init__(

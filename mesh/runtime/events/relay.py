@@ -193,9 +193,13 @@ class OutboxRelay:
     def publish_pending(self) -> int:
         """Publish pending rows batch by batch; return how many were confirmed.
 
-        Stops at the first batch with a failure, so that a later row never
-        overtakes an earlier one of the same key by more than one batch.
+        Stops at the first batch with a failure, so the next pass starts again
+        at the oldest unconfirmed row.
         """
+        # NOTE: when the broker fails one record of a batch but confirms a
+        # later record of the same key, the re-send puts the earlier event
+        # after the later one. The idempotent producer makes this rare, but it
+        # does not rule it out for records that time out.
         total = 0
         while not self._stopping.is_set():
             rows = self._load_pending()

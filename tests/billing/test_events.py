@@ -260,3 +260,17 @@ async def test_poison_record_skipped(
     charges = await charges_of(billing, patient)
     assert [c.source_event_id for c in charges] == [good]
     assert unknown not in {c.source_event_id for c in charges}
+
+    # The unpriced visit waits in the dead-letter topic, with the reason.
+    def dead_lettered(records: list[tuple[dict[str, str], bytes]]) -> bool:
+        return any(headers.get("ce_id") == unknown for headers, _ in records)
+
+    records = await asyncio.to_thread(
+        read_topic,
+        kafka_bootstrap,
+        "hin.appointments.events.v1.dlq",
+        complete=dead_lettered,
+    )
+    [headers] = [h for h, _ in records if h.get("ce_id") == unknown]
+    assert headers["hin_dlq_error_type"] == "UnpricedService"
+    assert "visit-unpriced" in headers["hin_dlq_error_message"]

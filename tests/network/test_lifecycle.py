@@ -8,6 +8,7 @@ import signal
 import socket
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,7 @@ def small_network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningN
             stand_in("authz", "hin.authz.v1.AuthzService"),
             stand_in("billing", "hin.billing.v1.BillingService"),
             stand_in("records", "hin.records.v1.RecordsService"),
+            replace(stand_in("labs", "hin.labs.v1.LabsService"), mllp=True, replicas=2),
         ),
         calls=(CallRule("billing", "authz", ("/hin.authz.v1.AuthzService/Check",)),),
     )
@@ -50,6 +52,7 @@ def test_status_reports_every_service_up(small_network: RunningNetwork) -> None:
         "authz": "up",
         "billing": "up",
         "records": "up",
+        "labs": "up",
     }
     assert report["ingress"] == small_network.state.ingress
 
@@ -61,6 +64,17 @@ def test_network_file_has_documented_keys(small_network: RunningNetwork) -> None
     assert data["trace_receiver"].startswith("127.0.0.1:")
     replica = data["services"]["billing"]["replicas"][0]
     assert set(replica) >= {"address", "sidecar_inbound", "pid", "mllp"}
+
+
+def test_each_labs_replica_gets_mllp_port(small_network: RunningNetwork) -> None:
+    replicas = small_network.state.services["labs"].replicas
+    addresses = [replica.mllp for replica in replicas]
+    assert len(set(addresses)) == 2
+    assert status(small_network)["labs_mllp"] == addresses
+    for replica in replicas:
+        environment = Path(f"/proc/{replica.pid}/environ").read_bytes().split(b"\0")
+        assert f"HIN_LABS_MLLP_ADDRESS={replica.mllp}".encode() in environment
+        assert f"HIN_INSTANCE_ID={replica.index}".encode() in environment
 
 
 def test_logs_prints_service_log(small_network: RunningNetwork) -> None:

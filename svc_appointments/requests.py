@@ -7,9 +7,11 @@ InvalidArgument naming them all (field paths such as ``rules[1].end_time``).
 from __future__ import annotations
 
 import hashlib
+from datetime import UTC, datetime
 from typing import Any
 
 from google.protobuf.message import Message
+from google.protobuf.timestamp_pb2 import Timestamp
 
 from hin.appointments.v1 import appointments_service_pb2 as pb
 from hin.common.v1 import types_pb2
@@ -46,6 +48,14 @@ MAX_PAGE_SIZE = 500
 MAX_ID_LENGTH = 64
 MAX_TEXT_LENGTH = 1000
 DEFAULT_VISIT_TYPE = "visit-general"
+#: Largest offset a page token may carry: SQL binds OFFSET as a signed
+#: 64-bit integer, and this service never issues a larger one.
+MAX_PAGE_OFFSET = 2**63 - 1
+#: Times accepted in periods and windows. Protobuf allows years 1 to 9999,
+#: but local-time conversion and slot arithmetic overflow Python's datetime
+#: near those ends, so these bounds keep a wide margin around real schedules.
+EARLIEST_TIME = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST_TIME = datetime(3000, 1, 1, tzinfo=UTC)
 
 
 def idempotency(operation: str, request: Message) -> Idempotency | None:
@@ -67,10 +77,12 @@ def page_bounds(v: Violations, page: types_pb2.PageRequest) -> tuple[int, int]:
     limit = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     offset = 0
     if page.page_token:
-        if not page.page_token.isdigit():
+        token = page.page_token
+        # isascii() keeps out digits such as "²" that int() rejects.
+        if not (token.isascii() and token.isdigit()) or int(token) > MAX_PAGE_OFFSET:
             v.add("page.page_token", "is not a token returned by this service")
         else:
-            offset = int(page.page_token)
+            offset = int(token)
     return offset, limit
 
 
@@ -98,11 +110,30 @@ def period(v: Violations, value: types_pb2.Period, field: str) -> Interval | Non
         v.add(f"{field}.end", "is required")
     if not (value.HasField("start") and value.HasField("end")):
         return None
+    valid = True
+    for bound in ("start", "end"):
+        if not _timestamp_in_range(getattr(value, bound)):
+            v.add(
+                f"{field}.{bound}",
+                f"must be a valid timestamp from {EARLIEST_TIME:%Y-%m-%d} to "
+                f"{LATEST_TIME:%Y-%m-%d} (UTC)",
+            )
+            valid = False
+    if not valid:
+        return None
     interval = interval_of(value)
     if interval.end <= interval.start:
         v.add(f"{field}.end", "must be later than start")
         return None
     return interval
+
+
+def _timestamp_in_range(stamp: Timestamp) -> bool:
+    try:
+        moment = stamp.ToDatetime(tzinfo=UTC)
+    except ValueError:  # seconds outside years 1 to 9999, or nanos out of range
+        return False
+    return EARLIEST_TIME <= moment < LATEST_TIME
 
 
 def expected_version(v: Violations, value: int) -> None:

@@ -366,7 +366,9 @@ class HospitalDay:
     # Emergency admission --------------------------------------------------------
 
     async def _emergency_admission(self, staff: dict[str, Any]) -> None:
-        nurse: Person = staff["people"]["nurse"]
+        # The emergency department's registration desk admits; the admission
+        # is what gives the attending doctor a care relationship.
+        desk: Person = staff["people"]["receptionist"]
         trace_id = self._trace("emergency admission")
         admitted = await self.appointments.Admit(
             appt.AdmitRequest(
@@ -378,7 +380,7 @@ class HospitalDay:
                 attending_practitioner_id=staff["emergency"],
                 reason="chest pain and palpitations",
             ),
-            metadata=nurse.metadata(trace_id),
+            metadata=desk.metadata(trace_id),
         )
         self.result.admission_id = admitted.admission.admission_id
         self._step(f"emergency admission {self.result.admission_id} without a slot")

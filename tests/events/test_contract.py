@@ -387,3 +387,23 @@ def test_handler_succeeds_on_second_attempt(sample_db: Database) -> None:
     assert consumer.apply_with_retries(flaky, sample_event(), envelope_for("e-1"))
     assert calls == ["e-1", "e-1"]
     assert len(effects(sample_db, event_id="e-1")) == 1
+
+
+@pytest.mark.parametrize(
+    ("key", "subject", "event_id", "name"),
+    [
+        ("k" * 256, "", "", "key"),
+        ("p-1", "s" * 256, "", "subject"),
+        ("p-1", "", "e" * 37, "event id"),
+    ],
+    ids=["key", "subject", "event-id"],
+)
+def test_outbox_rejects_overlong_values(
+    sample_db: Database, key: str, subject: str, event_id: str, name: str
+) -> None:
+    event = sample_event()
+    event.context.event_id = event_id
+    with pytest.raises(ValueError, match=f"outbox {name} has"):
+        with sample_db.transaction() as session:
+            OUTBOX.add(session, event, key=key, subject=subject)
+    assert outbox_rows(sample_db) == []

@@ -214,15 +214,19 @@ def test_undecodable_and_unknown_records(
         calls[envelope.id] += 1
         record_effect(session, event, envelope)
 
-    # An undecodable payload and an event type without a handler, both on the
-    # patient's partition ahead of a valid event.
+    # An undecodable payload, an event type without a handler and an event id
+    # too long for the inbox, all on the patient's partition ahead of a valid
+    # event.
     key = f"p-{unique}"
+    # 46 characters, longer than the 36 of a UUID that the inbox stores.
+    long_id = f"long-{unique}-" + "x" * 30
     producer = Producer(
         {"bootstrap.servers": bootstrap, "partitioner": "murmur2_random"}
     )
     for event_id, event_type, value in (
         (f"bad-{unique}", "hin.records.v1.PatientRecordUpdated", b"\xff\xff\xff"),
         (f"unknown-{unique}", "hin.records.v1.NoSuchEvent", b""),
+        (long_id, "hin.records.v1.PatientRecordUpdated", b""),
     ):
         producer.produce(
             TOPIC,
@@ -252,6 +256,8 @@ def test_undecodable_and_unknown_records(
     assert bad.headers["hin_dlq_attempts"] == "1"
     assert bad.value == b"\xff\xff\xff"
     assert f"unknown-{unique}" not in letters
+    assert calls[long_id] == 0
+    assert letters[long_id].headers["hin_dlq_error_type"] == "InvalidEvent"
 
 
 def test_handler_registered_once_per_type() -> None:

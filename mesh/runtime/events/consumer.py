@@ -38,7 +38,7 @@ from tenacity import (
 from mesh.runtime.events import envelope as env
 from mesh.runtime.events.envelope import Envelope, current_envelope
 from mesh.runtime.events.kafka_log import KAFKA_LOGGER
-from mesh.runtime.events.tables import inbox_table
+from mesh.runtime.events.tables import EVENT_ID_LENGTH, inbox_table
 from mesh.runtime.events.topic_watch import TopicWatch
 from mesh.runtime.principal import Principal, PrincipalKind, set_principal
 from mesh.runtime.storage import Database
@@ -629,6 +629,11 @@ def _decode(
         raise InvalidEvent(
             f"record of type {handler.type_name} has neither a ce_id header nor "
             "context.event_id, so it cannot be deduplicated"
+        )
+    if len(event_id) > EVENT_ID_LENGTH:
+        raise InvalidEvent(
+            f"event id of {len(event_id)} characters is longer than the inbox "
+            f"column ({EVENT_ID_LENGTH}); HIN event ids are UUIDs"
         )
     key = message.key() or b""
     envelope = Envelope(

@@ -15,7 +15,12 @@ from sqlalchemy import insert
 from sqlalchemy.orm import Session
 
 from mesh.runtime.events.envelope import current_envelope, topic_for_event
-from mesh.runtime.events.tables import outbox_table
+from mesh.runtime.events.tables import (
+    EVENT_ID_LENGTH,
+    KEY_LENGTH,
+    SUBJECT_LENGTH,
+    outbox_table,
+)
 from mesh.runtime.principal import current_principal
 from mesh.runtime.telemetry import current_trace_id
 
@@ -57,16 +62,20 @@ class Outbox:
         took the aggregate's row lock before it added its outbox row.
 
         Raises:
-            ValueError: the event has no ``context`` field, or ``key`` is empty.
+            ValueError: the event has no ``context`` field, ``key`` is empty,
+                or a value is longer than its outbox column.
         """
         if not key:
             raise ValueError(
                 f"outbox key of {event.DESCRIPTOR.full_name} is empty; pass the "
                 "aggregate id (usually the patient id)"
             )
+        _check_length("key", key, KEY_LENGTH)
+        _check_length("subject", subject, SUBJECT_LENGTH)
         topic = topic_for_event(event)
         now = datetime.now(UTC)
         event_id = _fill_context(event, now)
+        _check_length("event id", event_id, EVENT_ID_LENGTH)
 
         carrier: dict[str, str] = {}
         _propagator.inject(carrier)
@@ -126,6 +135,16 @@ class Outbox:
 
 def _forget_pending(session: Session) -> None:
     session.info.pop(_PENDING_KEY, None)
+
+
+def _check_length(name: str, value: str, limit: int) -> None:
+    # SQLite ignores column lengths and PostgreSQL enforces them, so the
+    # outbox checks them itself to behave the same on both.
+    if len(value) > limit:
+        raise ValueError(
+            f"outbox {name} has {len(value)} characters, more than {limit}; "
+            "use an opaque id such as a UUID"
+        )
 
 
 def _fill_context(event: Message, now: datetime) -> str:

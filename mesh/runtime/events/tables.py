@@ -20,6 +20,11 @@ from sqlalchemy import (
 #: therefore identical whichever copy created the schema.
 _metadata = MetaData()
 
+#: Column lengths that callers' values must fit; PostgreSQL enforces them.
+EVENT_ID_LENGTH = 36
+KEY_LENGTH = 255
+SUBJECT_LENGTH = 255
+
 # SQLite only auto-increments an INTEGER PRIMARY KEY, not a BIGINT one.
 _sequence_type = BigInteger().with_variant(Integer(), "sqlite")
 
@@ -28,12 +33,12 @@ outbox_table = Table(
     _metadata,
     # Allocation order of the rows; the relay publishes in this order.
     Column("seq", _sequence_type, primary_key=True, autoincrement=True),
-    Column("event_id", String(36), nullable=False, unique=True),
+    Column("event_id", String(EVENT_ID_LENGTH), nullable=False, unique=True),
     Column("topic", String(249), nullable=False),
-    Column("key", String(255), nullable=False),
+    Column("key", String(KEY_LENGTH), nullable=False),
     Column("event_type", String(255), nullable=False),
     Column("source", String(255), nullable=False),
-    Column("subject", String(255), nullable=False, default=""),
+    Column("subject", String(SUBJECT_LENGTH), nullable=False, default=""),
     Column("payload", LargeBinary, nullable=False),
     # W3C trace context of the span that wrote the row.
     Column("traceparent", String(55), nullable=False, default=""),
@@ -53,7 +58,7 @@ inbox_table = Table(
     # One row per (consumer group, event id): the event was applied by that
     # group, in the same transaction as its effect.
     Column("consumer_group", String(255), primary_key=True),
-    Column("event_id", String(36), primary_key=True),
+    Column("event_id", String(EVENT_ID_LENGTH), primary_key=True),
     Column("event_type", String(255), nullable=False),
     Column("topic", String(249), nullable=False),
     Column("partition", Integer, nullable=False),

@@ -351,8 +351,9 @@ def _raw_kafka_latencies(bootstrap: str, count: int) -> list[float]:
             producer.poll(0)
             index += 1
         message = consumer.poll(0.001)
-        if message is not None and not message.error() and message.key():
-            key = int(message.key())
+        key_bytes = message.key() if message is not None else None
+        if message is not None and not message.error() and key_bytes:
+            key = int(key_bytes)
             latencies.append(time.perf_counter() - sent[key])
     consumer.close()
     return latencies

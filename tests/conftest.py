@@ -64,7 +64,9 @@ def postgres_database() -> Iterator[Callable[[], str]]:
     finally:
         with admin.connect() as connection:
             for name in created:
-                connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                connection.execute(
+                    text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+                )
         admin.dispose()
 
 

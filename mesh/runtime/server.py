@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,7 +59,7 @@ class ServiceSpec:
     #: Kafka topics the consumer subscribes to; derived from handlers if empty.
     topics: Sequence[str] = ()
     #: Extra coroutines that run for the life of the process.
-    background: Sequence[Callable[[], Awaitable[None]]] = ()
+    background: Sequence[Callable[[], Coroutine[Any, Any, None]]] = ()
     #: Called after the gRPC server stopped, before the bus stops.
     on_stop: Sequence[Callable[[], Awaitable[None]]] = field(default_factory=list)
     #: Awaited before each RPC's status is sent; overrides the authorizer's

@@ -220,9 +220,10 @@ class HospitalDay:
 
         rules = [
             appt.WeeklyRule(
-                weekday=day, start_time="08:00", end_time="16:00", slot_minutes=15
+                weekday=weekday, start_time="08:00", end_time="16:00", slot_minutes=15
             )
-            for day in range(1, 8)
+            for weekday in appt.Weekday.values()
+            if weekday != appt.WEEKDAY_UNSPECIFIED
         ]
         await self.appointments.SetWeeklySchedule(
             appt.SetWeeklyScheduleRequest(

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from sqlalchemy import func
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col, select
@@ -15,7 +16,7 @@ from hin.billing.v1 import billing_service_pb2 as pb
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from hin.common.v1 import fhir_pb2
 from hin.common.v1 import types_pb2 as types
-from mesh.runtime.authz import Authorizer, Purpose, authorize
+from mesh.runtime.authz import Authorizer, Decision, Purpose, authorize
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
 from svc_billing import (
@@ -40,6 +41,7 @@ from svc_billing.validation import (
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+ResponseT = TypeVar("ResponseT", bound=Message)
 
 READ = "billing.billing.read"
 WRITE = "billing.billing.write"
@@ -67,9 +69,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         self._payer = payer
         self._vat_basis_points = vat_basis_points
 
-    async def _authorize(self, *, action: str, patient_id: str = "") -> None:
+    async def _authorize(self, *, action: str, patient_id: str = "") -> Decision:
         """Check the caller for ``action``; billing acts for payment (HIPAA TPO)."""
-        await authorize(
+        return await authorize(
             self._authorizer,
             action=action,
             patient_id=patient_id,
@@ -218,8 +220,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         charge = await self._db.run(
             lambda s: convert.charge(ledger.load_charge(s, request.charge_id))
         )
-        await self._authorize(action=READ, patient_id=charge.patient_id)
-        return pb.GetChargeResponse(charge=charge)
+        decision = await self._authorize(action=READ, patient_id=charge.patient_id)
+        return redacted(pb.GetChargeResponse(charge=charge), decision)
 
     async def ListCharges(
         self, request: pb.ListChargesRequest, context: grpc.aio.ServicerContext
@@ -228,7 +230,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await self._authorize(action=READ, patient_id=request.patient_id)
+        decision = await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Charge]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -243,10 +245,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             return [convert.charge(row) for row in rows]
 
         items = await self._db.run(load)
-        return pb.ListChargesResponse(
+        response = pb.ListChargesResponse(
             charges=items[offset : offset + size],
             page=page_response(items, offset, size),
         )
+        return redacted(response, decision)
 
     # Invoices --------------------------------------------------------------
 
@@ -311,8 +314,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             return convert.invoice(row, store.invoice_lines(session, row.invoice_id))
 
         invoice = await self._db.run(load)
-        await self._authorize(action=READ, patient_id=invoice.patient_id)
-        return pb.GetInvoiceResponse(invoice=invoice)
+        decision = await self._authorize(action=READ, patient_id=invoice.patient_id)
+        return redacted(pb.GetInvoiceResponse(invoice=invoice), decision)
 
     async def ListInvoices(
         self, request: pb.ListInvoicesRequest, context: grpc.aio.ServicerContext
@@ -321,7 +324,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await self._authorize(action=READ, patient_id=request.patient_id)
+        decision = await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> list[pb.Invoice]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -336,10 +339,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             ]
 
         items = await self._db.run(load)
-        return pb.ListInvoicesResponse(
+        response = pb.ListInvoicesResponse(
             invoices=items[offset : offset + size],
             page=page_response(items, offset, size),
         )
+        return redacted(response, decision)
 
     # Coverage --------------------------------------------------------------
 
@@ -586,8 +590,8 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         claim = await self._db.run(
             lambda s: claim_message(s, ledger.load_claim(s, request.claim_id))
         )
-        await self._authorize(action=READ, patient_id=claim.patient_id)
-        return pb.GetClaimResponse(claim=claim)
+        decision = await self._authorize(action=READ, patient_id=claim.patient_id)
+        return redacted(pb.GetClaimResponse(claim=claim), decision)
 
     async def ListClaims(
         self, request: pb.ListClaimsRequest, context: grpc.aio.ServicerContext
@@ -596,7 +600,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.patient_id, "patient_id")
         offset, size = check_page(v, request.page)
         v.check()
-        await self._authorize(action=READ, patient_id=request.patient_id)
+        decision = await self._authorize(action=READ, patient_id=request.patient_id)
 
         def load(session: Session) -> tuple[list[pb.Claim], int]:
             patient_id = store.resolve_patient(session, request.patient_id)
@@ -617,10 +621,11 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
 
         items, total = await self._db.run(load)
         next_token = str(offset + size) if offset + size < total else ""
-        return pb.ListClaimsResponse(
+        response = pb.ListClaimsResponse(
             claims=items,
             page=types.PageResponse(next_page_token=next_token, total_size=total),
         )
+        return redacted(response, decision)
 
     # Payments --------------------------------------------------------------
 
@@ -736,6 +741,34 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             extra={"entries": len(entries), "source": request.source},
         )
         return pb.ImportFhirResponse(outcomes=outcomes)
+
+
+# Responses -----------------------------------------------------------------
+
+
+def redacted(response: ResponseT, decision: Decision) -> ResponseT:
+    """Remove service names from a response when the caller sees no clinical data.
+
+    Billing staff read with ``redact_clinical`` set. The names of lab tests
+    and procedures are clinical detail they do not need, while the codes stay
+    because invoices and claims are built on them.
+    """
+    if decision.redact_clinical:
+        clear_displays(response)
+    return response
+
+
+def clear_displays(message: Message) -> None:
+    """Blank the display text of every Coding inside ``message``."""
+    for field, value in message.ListFields():
+        if field.message_type is None:
+            continue
+        items = [value] if isinstance(value, Message) else list(value)
+        for item in items:
+            if field.message_type.full_name == "hin.common.v1.Coding":
+                item.ClearField("display")
+            else:
+                clear_displays(item)
 
 
 # Transactions --------------------------------------------------------------

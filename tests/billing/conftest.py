@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -14,7 +15,8 @@ from opentelemetry.sdk.trace import TracerProvider
 
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from mesh.network.devkeys import mint_token
-from mesh.runtime.authz import RolePolicyAuthorizer
+from mesh.runtime.authz import Decision, RolePolicyAuthorizer
+from mesh.runtime.principal import Principal, PrincipalKind
 from mesh.runtime.server import ServiceHost
 from mesh.runtime.settings import ServiceSettings
 from svc_billing import domain
@@ -26,7 +28,37 @@ PERMISSIONS = {
     "billing-admin": {"billing.billing.read", "billing.billing.write",
                       "billing.admin.write"},
     "doctor": {"records.clinical.read"},
+    "billing-clinical": {"billing.billing.read", "records.clinical.read"},
 }
+
+
+class RedactingAuthorizer(RolePolicyAuthorizer):
+    """Role permissions, with clinical redaction as svc_authz decides it.
+
+    A person whose roles lack ``records.clinical.read`` reads with
+    ``redact_clinical`` set.
+    """
+
+    def __init__(self, permissions: dict[str, set[str]]) -> None:
+        super().__init__(permissions)
+        self._by_role = permissions
+
+    async def check(
+        self, principal: Principal, *, action: str, **facts: Any
+    ) -> Decision:
+        decision = await super().check(principal, action=action, **facts)
+        clinical = any(
+            "records.clinical.read" in self._by_role.get(role, set())
+            for role in principal.roles
+        )
+        if (
+            decision.allowed
+            and action.endswith(".read")
+            and principal.kind is PrincipalKind.PERSON
+            and not clinical
+        ):
+            return Decision(True, decision.reason, redact_clinical=True)
+        return decision
 
 
 class ScriptedPayer:
@@ -57,6 +89,8 @@ class Billing:
     clerk: tuple[tuple[str, str], ...]
     admin: tuple[tuple[str, str], ...]
     doctor: tuple[tuple[str, str], ...]
+    #: Billing reader who may also read clinical data (no redaction).
+    clinical: tuple[tuple[str, str], ...]
 
 
 def bearer(state: Path, subject: str, roles: list[str]) -> tuple[tuple[str, str], ...]:
@@ -101,7 +135,7 @@ async def running_billing(
     host = ServiceHost(
         settings=settings,
         build=make_build(payer=payer),
-        authorizer=RolePolicyAuthorizer(PERMISSIONS),
+        authorizer=RedactingAuthorizer(PERMISSIONS),
         tracer_provider=TracerProvider(),
     )
     port = await host.start()
@@ -115,6 +149,7 @@ async def running_billing(
             clerk=bearer(state, "clerk-1", ["billing-clerk"]),
             admin=bearer(state, "admin-1", ["billing-admin"]),
             doctor=bearer(state, "doctor-1", ["doctor"]),
+            clinical=bearer(state, "auditor-1", ["billing-clinical"]),
         )
     finally:
         await channel.close()

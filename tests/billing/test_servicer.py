@@ -68,10 +68,10 @@ async def post(
     **fields: object,
 ) -> pb.Charge:
     fields.setdefault("service_date", stamp(2026, 6, 1))
+    fields.setdefault("service", types.Coding(system=system, code=code))
     request = pb.PostChargeRequest(
         idempotency_key=key(),
         patient_id=patient_id,
-        service=types.Coding(system=system, code=code),
         **fields,  # type: ignore[arg-type]
     )
     response = await billing.stub.PostCharge(request, metadata=billing.clerk)
@@ -798,3 +798,17 @@ async def test_old_service_date_priced(billing: Billing) -> None:
     # price list applies from 1900-01-01.
     charge = await post(billing, new_patient(), service_date=stamp(1995, 3, 1))
     assert charge.amount == egp(GENERAL_VISIT_PRICE)
+
+
+async def test_clinical_names_redacted_for_clerks(billing: Billing) -> None:
+    charge = await post(
+        billing,
+        new_patient(),
+        service=types.Coding(system=LOINC, code="2339-0", display="Glucose"),
+    )
+    request = pb.GetChargeRequest(charge_id=charge.charge_id)
+    clerk_view = await billing.stub.GetCharge(request, metadata=billing.clerk)
+    clinical_view = await billing.stub.GetCharge(request, metadata=billing.clinical)
+    assert clerk_view.charge.service.display == ""
+    assert clerk_view.charge.service.code == "2339-0"
+    assert clinical_view.charge.service.display == "Glucose"

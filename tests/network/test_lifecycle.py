@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
+import grpc
 import pytest
 
 from mesh.network.state import NetworkState, process_alive
@@ -75,6 +76,37 @@ def test_each_labs_replica_gets_mllp_port(small_network: RunningNetwork) -> None
         environment = Path(f"/proc/{replica.pid}/environ").read_bytes().split(b"\0")
         assert f"HIN_LABS_MLLP_ADDRESS={replica.mllp}".encode() in environment
         assert f"HIN_INSTANCE_ID={replica.index}".encode() in environment
+
+
+def test_authz_reached_through_own_sidecar(small_network: RunningNetwork) -> None:
+    billing = small_network.state.replica("billing")
+    authz = small_network.state.replica("authz")
+    billing_environment = Path(f"/proc/{billing.pid}/environ").read_bytes().split(b"\0")
+    authz_environment = Path(f"/proc/{authz.pid}/environ").read_bytes().split(b"\0")
+    assert billing.outbound["authz"] != authz.sidecar_inbound
+    assert (
+        f"HIN_AUTHZ_ADDRESS={billing.outbound['authz']}".encode() in billing_environment
+    )
+    assert b"HIN_AUTHZ_ADDRESS=" in authz_environment
+
+
+@pytest.mark.parametrize(
+    ("path", "expected"),
+    [
+        # Allowed by the policy, so the call reaches the authz stand-in, which returns
+        # UNIMPLEMENTED because it serves only EchoService.
+        ("/hin.authz.v1.AuthzService/Check", grpc.StatusCode.UNIMPLEMENTED),
+        ("/hin.authz.v1.AuthzService/GrantConsent", grpc.StatusCode.PERMISSION_DENIED),
+    ],
+)
+def test_outbound_listener_reaches_authz(
+    small_network: RunningNetwork, path: str, expected: grpc.StatusCode
+) -> None:
+    address = small_network.state.replica("billing").outbound["authz"]
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as raised:
+            channel.unary_unary(path)(b"", timeout=5)
+    assert raised.value.code() == expected
 
 
 def test_logs_prints_service_log(small_network: RunningNetwork) -> None:

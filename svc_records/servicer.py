@@ -16,7 +16,7 @@ from hin.common.v1 import types_pb2
 from hin.records.v1 import events_pb2
 from hin.records.v1 import records_service_pb2 as pb
 from hin.records.v1 import records_service_pb2_grpc as pb_grpc
-from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.authz import Authorizer, authorize, authorize_patients
 from mesh.runtime.errors import PermissionDenied
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
@@ -235,7 +235,9 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 page=paging.page_response(offset, size, total),
             )
 
-        return await self._run(search)
+        response = await self._run(search)
+        await self._drop_denied(response.patients)
+        return response
 
     async def ListPatients(
         self, request: pb.ListPatientsRequest, context: grpc.aio.ServicerContext
@@ -260,7 +262,29 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 page=paging.page_response(offset, size, total),
             )
 
-        return await self._run(list_page)
+        response = await self._run(list_page)
+        await self._drop_denied(response.patients)
+        return response
+
+    async def _drop_denied(self, patients: Any) -> None:
+        """Remove from ``patients`` each one the caller may not read.
+
+        The role check before the query does not cover care relationships,
+        hospitals and consent, so every patient on the page is decided, and
+        audited, on its own.
+        """
+        # NOTE: a page can come back shorter than page_size, and total_size
+        # still counts the patients that were removed.
+        if not patients:
+            return
+        decisions = await authorize_patients(
+            self._authorizer,
+            action="records.demographics.read",
+            patient_ids=[patient.patient_id for patient in patients],
+        )
+        allowed = [p for p in patients if decisions[p.patient_id].allowed]
+        del patients[:]
+        patients.extend(allowed)
 
     async def MergePatients(
         self, request: pb.MergePatientsRequest, context: grpc.aio.ServicerContext

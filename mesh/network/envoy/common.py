@@ -14,7 +14,11 @@ from typing import Any
 
 import betterproto2
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
-from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap
+from envoy_data_plane.envoy.config.bootstrap.v3 import (
+    Admin,
+    Bootstrap,
+    BootstrapStaticResources,
+)
 from envoy_data_plane.envoy.config.cluster.v3 import (
     Cluster,
     ClusterDiscoveryType,
@@ -30,6 +34,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     GrpcServiceEnvoyGrpc,
     Http2ProtocolOptions,
     KeepaliveSettings,
+    Node,
     PathConfigSource,
     SocketAddress,
     TransportSocket,
@@ -41,7 +46,8 @@ from envoy_data_plane.envoy.config.endpoint.v3 import (
     LbEndpoint,
     LocalityLbEndpoints,
 )
-from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig
+from envoy_data_plane.envoy.config.listener.v3 import Listener
+from envoy_data_plane.envoy.config.trace.v3 import OpenTelemetryConfig, TracingHttp
 from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import (
     StderrAccessLog,
 )
@@ -51,6 +57,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
     CertificateValidationContext,
     CommonTlsContext,
+    CommonTlsContextCombinedCertificateValidationContext,
     SdsSecretConfig,
     Secret,
     SubjectAltNameMatcher,
@@ -201,10 +208,6 @@ def common_tls_context(
             for peer in peer_ids
         ]
     )
-    from envoy_data_plane.envoy.extensions.transport_sockets.tls.v3 import (
-        CommonTlsContextCombinedCertificateValidationContext,
-    )
-
     return CommonTlsContext(
         tls_params=tls_parameters(),
         tls_certificate_sds_secret_configs=[
@@ -306,8 +309,6 @@ def trace_cluster(receiver: str) -> Cluster:
 
 def tracing(service_name: str) -> HttpConnectionManagerTracing:
     """Return OpenTelemetry tracing of every request, exported over OTLP/gRPC."""
-    from envoy_data_plane.envoy.config.trace.v3 import TracingHttp
-
     return HttpConnectionManagerTracing(
         provider=TracingHttp(
             name="envoy.tracers.opentelemetry",
@@ -335,12 +336,9 @@ def access_log() -> list[AccessLog]:
 
 
 def bootstrap(
-    *, node_id: str, admin: str, listeners: list, clusters: list[Cluster]
+    *, node_id: str, admin: str, listeners: list[Listener], clusters: list[Cluster]
 ) -> Bootstrap:
     """Return a static bootstrap with an admin listener on ``admin``."""
-    from envoy_data_plane.envoy.config.bootstrap.v3 import BootstrapStaticResources
-    from envoy_data_plane.envoy.config.core.v3 import Node
-
     return Bootstrap(
         node=Node(id=node_id, cluster=node_id),
         admin=Admin(address=socket_address(admin)),

@@ -8,6 +8,7 @@ from collections import Counter
 
 import grpc
 import jwt
+import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from hin.echo.v1 import echo_service_pb2 as pb
@@ -16,6 +17,8 @@ from mesh.network.clients import admin_metadata, ingress_channel_sync
 from mesh.network.devkeys import mint_token
 from mesh.network.tracestore import TraceStore
 from tests.network.conftest import FAILING_INSTANCE, RunningNetwork
+
+pytestmark = pytest.mark.mesh
 
 FLAKY_ECHO = "/hin.test.v1.FlakyService/Echo"
 

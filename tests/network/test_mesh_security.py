@@ -8,6 +8,8 @@ import pytest
 from mesh.network.pki import CertificateAuthority, dns_name, service_identity
 from tests.network.conftest import RunningNetwork
 
+pytestmark = pytest.mark.mesh
+
 UPDATE_PATIENT = "/hin.records.v1.RecordsService/UpdatePatient"
 AUTHZ_CHECK = "/hin.authz.v1.AuthzService/Check"
 

@@ -31,6 +31,7 @@ from hin.common.v1 import types_pb2 as types
 from hin.labs.v1 import events_pb2 as lab_events
 from hin.labs.v1 import labs_service_pb2 as labs
 from hin.labs.v1 import labs_service_pb2_grpc as labs_grpc
+from hin.notify.v1 import events_pb2 as notify_events
 from hin.notify.v1 import notify_service_pb2 as notify
 from hin.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from hin.records.v1 import records_service_pb2 as records
@@ -252,9 +253,28 @@ class HospitalDay:
             ),
             metadata=meta,
         )
+        internist: Person = staff["people"]["internist"]
+        await self.notify.SetPreferences(
+            notify.SetPreferencesRequest(
+                preferences=notify.Preferences(
+                    recipient=f"practitioner:{staff['internist']}",
+                    channels=[
+                        notify_events.CHANNEL_IN_APP,
+                        notify_events.CHANNEL_EMAIL,
+                        notify_events.CHANNEL_SMS,
+                    ],
+                    language="ar",
+                    time_zone="Africa/Cairo",
+                    email="laila.mansour@hosp-a.example.org",
+                    phone="+201001112223",
+                )
+            ),
+            metadata=internist.metadata(),
+        )
         self._step(
             "staff on duty: 4 practitioners at hosp-a, 1 at hosp-b; on-call roster "
-            "and privacy officer set"
+            "and privacy officer set; the internist takes alerts in Arabic by "
+            "app, e-mail and SMS"
         )
         return staff
 
@@ -303,7 +323,10 @@ class HospitalDay:
                     telecom=[
                         types.ContactPoint(
                             system="phone", value="+201012345678", use="mobile"
-                        )
+                        ),
+                        types.ContactPoint(
+                            system="email", value="ahmed.abdelrahman@example.org"
+                        ),
                     ],
                     addresses=[
                         types.Address(

@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import sys
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,7 @@ from hin.notify.v1 import notify_service_pb2_grpc as notify_grpc
 from mesh.network import cli
 from mesh.network.broker import bootstrap_from_environment
 from mesh.network.clients import admin_metadata, ingress_channel
+from mesh.network.demo.catchers import MailCatcher, SmsCatcher
 from mesh.network.demo.day import (
     ESCALATION_SECONDS,
     DayResult,
@@ -63,7 +65,26 @@ def run_demo(options: DemoOptions) -> int:
     _fresh_state(state_dir)
 
     print(f"1. starting the network (fresh state in {state_dir})", flush=True)
+    mail, sms = MailCatcher(), SmsCatcher()
     os.environ.setdefault("HIN_NOTIFY_ESCALATION_SECONDS", str(ESCALATION_SECONDS))
+    os.environ["HIN_NOTIFY_SMTP_HOST"] = "127.0.0.1"
+    os.environ["HIN_NOTIFY_SMTP_PORT"] = str(mail.start())
+    os.environ["HIN_NOTIFY_SMS_URL"] = sms.start()
+    try:
+        return _run_network(options, state_dir, fhir_dir, hl7_dir, mail, sms)
+    finally:
+        mail.stop()
+        sms.stop()
+
+
+def _run_network(
+    options: DemoOptions,
+    state_dir: Path,
+    fhir_dir: Path,
+    hl7_dir: Path,
+    mail: MailCatcher,
+    sms: SmsCatcher,
+) -> int:
     if cli.main(["--state", str(state_dir), "up"]) != 0:
         print("hin demo: the network did not start", file=sys.stderr)
         _down(state_dir)
@@ -73,7 +94,7 @@ def run_demo(options: DemoOptions) -> int:
         if options.bundle_limit is not None:
             bundles = _limited(bundles, options.bundle_limit)
         messages = read_hl7(hl7_dir)
-        report = asyncio.run(_walk(state_dir, bundles, messages))
+        report = asyncio.run(_walk(state_dir, bundles, messages, mail, sms))
     except (DemoFailure, grpc.aio.AioRpcError, MllpError) as exc:
         print(f"\nhin demo: FAILED: {_describe(exc)}", file=sys.stderr)
         print(f"logs: {state_dir / 'logs'}", file=sys.stderr)
@@ -123,7 +144,11 @@ def _describe(exc: BaseException) -> str:
 
 
 async def _walk(
-    state_dir: Path, bundles: list[Path], messages: list[Hl7Message]
+    state_dir: Path,
+    bundles: list[Path],
+    messages: list[Hl7Message],
+    mail: MailCatcher,
+    sms: SmsCatcher,
 ) -> Report:
     report = Report()
     network = NetworkState.load(state_dir)
@@ -152,7 +177,7 @@ async def _walk(
 
         print("4. collecting the report", flush=True)
         _billing_section(bundles, day, report)
-        await _notify_section(channel, state_dir, report)
+        await _notify_section(channel, state_dir, report, mail, sms)
         await _audit_section(channel, state_dir, report)
         _dead_letters_section(state_dir, report)
         await asyncio.sleep(2)
@@ -287,9 +312,46 @@ def claim_totals_of(bundles: list[Path]) -> tuple[int, int]:
 
 
 async def _notify_section(
-    channel: grpc.aio.Channel, state_dir: Path, report: Report
+    channel: grpc.aio.Channel,
+    state_dir: Path,
+    report: Report,
+    mail: MailCatcher,
+    sms: SmsCatcher,
 ) -> None:
     stub = notify_grpc.NotifyServiceStub(channel)
+    # Deliveries leave svc_notify from a background worker; give the last
+    # ones a moment to be sent before counting.
+    deadline = time.monotonic() + 20
+    per_channel = await _deliveries(stub, state_dir)
+    while any(key.endswith(" pending") for key in per_channel):
+        if time.monotonic() > deadline:
+            break
+        await asyncio.sleep(0.5)
+        per_channel = await _deliveries(stub, state_dir)
+    lines = [f"{key}: {n}" for key, n in sorted(per_channel.items())] or ["none"]
+    lines.append(f"e-mails received by the demo's SMTP server: {mail.count}")
+    lines.append(f"SMS received by the demo's SMS gateway endpoint: {sms.count}")
+    report.section("notifications per channel", lines)
+    report.check(
+        "every e-mail marked sent reached the SMTP server",
+        per_channel.get("email sent", 0),
+        mail.count,
+    )
+    report.check(
+        "every SMS marked sent reached the gateway",
+        per_channel.get("sms sent", 0),
+        sms.count,
+    )
+    report.check(
+        "the patient and clinicians got in-app notifications",
+        True,
+        per_channel.get("in_app sent", 0) > 0,
+    )
+
+
+async def _deliveries(
+    stub: notify_grpc.NotifyServiceStub, state_dir: Path
+) -> Counter[str]:
     per_channel: Counter[str] = Counter()
     token = ""
     while True:
@@ -307,11 +369,7 @@ async def _notify_section(
             per_channel[f"{name.lower()} {status.lower()}"] += 1
         token = listed.page.next_page_token
         if not token:
-            break
-    report.section(
-        "notifications per channel",
-        [f"{key}: {n}" for key, n in sorted(per_channel.items())] or ["none"],
-    )
+            return per_channel
 
 
 async def _audit_section(

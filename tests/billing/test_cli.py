@@ -12,7 +12,6 @@ import pytest
 from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from hin.common.v1 import types_pb2 as types
 from mesh.network.cli import billing as cli
-from mesh.network.cli import build_parser
 from tests.billing.conftest import Billing
 
 
@@ -26,9 +25,12 @@ def test_money_formatted_exactly(minor_units: int, text: str) -> None:
 
 
 def test_subcommands_registered() -> None:
-    args = build_parser().parse_args(["billing", "balance", "pat-1"])
+    parser = argparse.ArgumentParser(prog="hin")
+    cli.register(parser.add_subparsers())
+    args = parser.parse_args(["billing", "balance", "pat-1", "--org", "org-9"])
     assert args.billing_action is cli.print_balance
     assert args.patient_id == "pat-1"
+    assert args.org == "org-9"
 
 
 async def test_prices_printed(billing: Billing) -> None:

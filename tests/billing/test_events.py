@@ -270,6 +270,7 @@ async def test_poison_record_skipped(
         kafka_bootstrap,
         "hin.appointments.events.v1.dlq",
         complete=dead_lettered,
+        idle_seconds=0.2,
     )
     [headers] = [h for h, _ in records if h.get("ce_id") == unknown]
     assert headers["hin_dlq_error_type"] == "UnpricedService"

@@ -701,6 +701,7 @@ async def test_money_events_published(billing: Billing, kafka_bootstrap: str) ->
         kafka_bootstrap,
         "hin.billing.events.v1",
         complete=lambda records: len(of_patient(records)) == len(event_types),
+        idle_seconds=0.2,
     )
     found = of_patient(records)
     assert found["hin.billing.v1.InvoiceIssued"].total == egp(GENERAL_VISIT_PRICE)

@@ -6,6 +6,7 @@ import asyncio
 import datetime as dt
 import json
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,13 @@ class RecordingOutbox:
 
 
 @pytest.fixture
-def db(database_url: str) -> Database:
+def db(database_url: str) -> Iterator[Database]:
     database = Database(database_url)
     database.migrate(MIGRATIONS)
     with database.transaction() as session:
         prices.load_price_list(session, prices.default_price_list())
-    return database
+    yield database
+    database.dispose()
 
 
 def envelope(event_id: str, event_type: str) -> Envelope:

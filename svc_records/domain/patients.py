@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime
 import re
 
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+
 from hin.common.v1 import types_pb2
 from hin.records.v1 import records_service_pb2 as pb
 from mesh.runtime.validation import Violations
@@ -32,7 +35,19 @@ DEMOGRAPHIC_FIELDS = (
     "managing_organization_id",
 )
 
+#: Longest accepted text of any demographic field, in characters. FHIR sets
+#: no limit. This bound keeps the PatientRegistered event far below the
+#: broker's message size limit (about 1 MB by Kafka's default) and keeps
+#: duplicate matching fast.
+MAX_TEXT_LENGTH = 200
+#: Most entries of any repeated demographic field (names, given names,
+#: identifiers, telecom, address lines ...), for the same reasons.
+MAX_REPEATED = 10
+
 _NON_DIGITS = re.compile(r"\D")
+#: C0 and C1 control characters, NUL included. Tabs and line breaks have no
+#: place in a name, an identifier or an address line either.
+_CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 
 def date_to_iso(date: types_pb2.Date) -> str:
@@ -89,6 +104,54 @@ def validate_demographics(
             violations.add(f"{prefix}.telecom[{index}].value", "is required")
     if patient.HasField("deceased_at") and not patient.deceased:
         violations.add(f"{prefix}.deceased", "must be true when deceased_at is set")
+    if patient.HasField("deceased_at"):
+        try:
+            patient.deceased_at.ToDatetime()
+        except ValueError:
+            violations.add(
+                f"{prefix}.deceased_at",
+                "must be a valid timestamp between the years 1 and 9999",
+            )
+    check_sizes(patient, prefix, violations)
+
+
+def check_sizes(message: Message, path: str, violations: Violations) -> None:
+    """Record each oversized or control-character text and oversized list.
+
+    Walks every field of ``message`` and its nested messages, so a field
+    added to the contract later is checked without a change here.
+    """
+    for field, value in message.ListFields():
+        field_path = f"{path}.{field.name}"
+        if not field.is_repeated:
+            _check_value(field, value, field_path, violations)
+            continue
+        if len(value) > MAX_REPEATED:
+            violations.add(
+                field_path,
+                f"has {len(value)} entries; at most {MAX_REPEATED} are accepted",
+            )
+            continue
+        for index, item in enumerate(value):
+            _check_value(field, item, f"{field_path}[{index}]", violations)
+
+
+def _check_value(
+    field: FieldDescriptor, value: object, path: str, violations: Violations
+) -> None:
+    if field.type == FieldDescriptor.TYPE_MESSAGE:
+        assert isinstance(value, Message)
+        check_sizes(value, path, violations)
+    elif field.type == FieldDescriptor.TYPE_STRING:
+        assert isinstance(value, str)
+        if len(value) > MAX_TEXT_LENGTH:
+            violations.add(
+                path,
+                f"is {len(value)} characters long; at most {MAX_TEXT_LENGTH} "
+                "are accepted",
+            )
+        elif _CONTROL_CHARACTERS.search(value):
+            violations.add(path, "contains a control character")
 
 
 def _check_national_id(

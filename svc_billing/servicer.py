@@ -17,6 +17,8 @@ from hin.billing.v1 import billing_service_pb2_grpc as pb_grpc
 from hin.common.v1 import fhir_pb2
 from hin.common.v1 import types_pb2 as types
 from mesh.runtime.authz import Authorizer, Decision, Purpose, authorize
+from mesh.runtime.errors import Unauthenticated
+from mesh.runtime.principal import PrincipalKind, current_principal
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
 from svc_billing import (
@@ -85,9 +87,9 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
     ) -> pb.ListPricesResponse:
         v = Violations()
         offset, size = check_page(v, request.page)
-        as_of = check_date(v, request.as_of, "as_of") if request.HasField(
-            "as_of"
-        ) else None
+        as_of = None
+        if request.HasField("as_of"):
+            as_of = check_date(v, request.as_of, "as_of")
         v.check()
         await self._authorize(action=READ)
 
@@ -194,6 +196,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.charge_id, "charge_id")
         v.require(request.reason.strip(), "reason")
         v.check()
+        require_caller()
         patient_id = await self._db.run(
             lambda s: ledger.load_charge(s, request.charge_id).patient_id
         )
@@ -217,6 +220,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(request.charge_id, "charge_id")
         v.check()
+        require_caller()
         charge = await self._db.run(
             lambda s: convert.charge(ledger.load_charge(s, request.charge_id))
         )
@@ -286,6 +290,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.invoice_id, "invoice_id")
         v.require(request.reason.strip(), "reason")
         v.check()
+        require_caller()
         patient_id = await self._db.run(
             lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
         )
@@ -308,6 +313,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(request.invoice_id, "invoice_id")
         v.check()
+        require_caller()
 
         def load(session: Session) -> pb.Invoice:
             row = ledger.load_invoice(session, request.invoice_id)
@@ -459,6 +465,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v.require(request.idempotency_key, "idempotency_key")
         v.require(request.invoice_id, "invoice_id")
         v.check()
+        require_caller()
         patient_id = await self._db.run(
             lambda s: ledger.load_invoice(s, request.invoice_id).patient_id
         )
@@ -501,6 +508,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(claim_id, "claim_id")
         v.check()
+        require_caller()
         patient_id = await self._db.run(
             lambda s: ledger.load_claim(s, claim_id).patient_id
         )
@@ -553,6 +561,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             v.add("outcome", "must be APPROVED, PARTIAL or DENIED")
         check_money(v, request.approved, "approved", required=True)
         v.check()
+        require_caller()
         patient_id = await self._db.run(
             lambda s: ledger.load_claim(s, request.claim_id).patient_id
         )
@@ -587,6 +596,7 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
         v = Violations()
         v.require(request.claim_id, "claim_id")
         v.check()
+        require_caller()
         claim = await self._db.run(
             lambda s: claim_message(s, ledger.load_claim(s, request.claim_id))
         )
@@ -741,6 +751,22 @@ class BillingServicer(pb_grpc.BillingServiceServicer):
             extra={"entries": len(entries), "source": request.source},
         )
         return pb.ImportFhirResponse(outcomes=outcomes)
+
+
+# Callers -------------------------------------------------------------------
+
+
+def require_caller() -> None:
+    """Raise Unauthenticated for a call without credentials.
+
+    Calls that name an object by id load it to learn its patient before the
+    authorization check; this check first keeps an anonymous caller from
+    learning which ids exist.
+    """
+    if current_principal().kind is PrincipalKind.ANONYMOUS:
+        raise Unauthenticated(
+            "this call needs a bearer token", reason="MISSING_CREDENTIALS"
+        )
 
 
 # Responses -----------------------------------------------------------------

@@ -813,3 +813,9 @@ async def test_clinical_names_redacted_for_clerks(billing: Billing) -> None:
     assert clerk_view.charge.service.display == ""
     assert clerk_view.charge.service.code == "2339-0"
     assert clinical_view.charge.service.display == "Glucose"
+
+
+async def test_anonymous_lookup_unauthenticated(billing: Billing) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await billing.stub.GetCharge(pb.GetChargeRequest(charge_id="no-such-charge"))
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

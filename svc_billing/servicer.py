@@ -760,8 +760,8 @@ def require_caller() -> None:
     """Raise Unauthenticated for a call without credentials.
 
     Calls that name an object by id load it to learn its patient before the
-    authorization check; this check first keeps an anonymous caller from
-    learning which ids exist.
+    authorization check. Checking for credentials first keeps an anonymous
+    caller from learning which ids exist.
     """
     if current_principal().kind is PrincipalKind.ANONYMOUS:
         raise Unauthenticated(

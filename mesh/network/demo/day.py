@@ -344,14 +344,22 @@ class HospitalDay:
             f"receptionist registered patient {patient_id} (Arabic name, national ID)"
         )
 
-        found = await self.records.SearchPatients(
-            records.SearchPatientsRequest(name="احمد"),
-            metadata=receptionist.metadata(),
-        )
-        if patient_id not in [p.patient_id for p in _patients_of(found)]:
+        # Search results hold only patients the caller may see, and svc_authz
+        # learns a new patient's hospital from the PatientRegistered event.
+        try:
+            await _wait_for(
+                lambda: self.records.SearchPatients(
+                    records.SearchPatientsRequest(name="احمد"),
+                    metadata=receptionist.metadata(),
+                ),
+                lambda found: patient_id in [p.patient_id for p in _patients_of(found)],
+                timeout=20,
+                what="the search",
+            )
+        except DemoFailure:
             raise DemoFailure(
                 "search for احمد did not find the patient registered as أحمد"
-            )
+            ) from None
         self._step("search for 'احمد' finds 'أحمد' (Arabic normalization)")
 
         trace_id = self._trace("book visit")

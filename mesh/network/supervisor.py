@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import signal
 import socket
 import sys
@@ -61,6 +62,9 @@ ENVOY_STOP_TIMEOUT_SECONDS = 5.0
 #: Interval between checks for leaves that need renewal.
 RENEWAL_INTERVAL_SECONDS = 600.0
 TOPOLOGY_FILE = "topology.json"
+#: Lowest port the network listens on; lower ports are left to other programs.
+FIRST_PORT = 10000
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 
 
 class StartupError(RuntimeError):
@@ -621,22 +625,47 @@ def control_socket_path(state_dir: Path) -> Path:
 def _free_ports() -> Iterator[Any]:
     """Yield a function returning distinct free loopback ports.
 
-    Every socket stays bound until the block ends, so no port is handed out
-    twice. Another program could still take a port before its owner binds it.
+    Ports come from below the kernel's ephemeral range, because the kernel
+    hands ephemeral ports to every outgoing connection and every bind to
+    port 0, and one of those could take a port between this choice and the
+    child's bind. Every socket stays bound until the block ends, so no port
+    is handed out twice.
     """
     sockets: list[socket.socket] = []
+    ephemeral_low, ephemeral_high = _ephemeral_range()
 
     def allocate() -> int:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sockets.append(sock)
-        return int(sock.getsockname()[1])
+        for _ in range(500):
+            port = random.randrange(FIRST_PORT, 65536)
+            if ephemeral_low <= port <= ephemeral_high:
+                continue
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            sockets.append(sock)
+            return port
+        raise StartupError(
+            f"no free loopback port from {FIRST_PORT} outside the ephemeral range "
+            f"{ephemeral_low}-{ephemeral_high}"
+        )
 
     try:
         yield allocate
     finally:
         for sock in sockets:
             sock.close()
+
+
+def _ephemeral_range() -> tuple[int, int]:
+    """Return the kernel's ephemeral port range (Linux's default if unknown)."""
+    try:
+        low, high = EPHEMERAL_RANGE_FILE.read_text().split()[:2]
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
 
 
 def _tail(path: Path, *, lines: int) -> str:

@@ -61,7 +61,9 @@ def test_most_names_are_accepted() -> None:
 
 
 def test_long_identifier_value_is_rejected() -> None:
-    identifier = types_pb2.Identifier(system="urn:hin:id:mrn:hosp-a", value="x" * 100_000)
+    identifier = types_pb2.Identifier(
+        system="urn:hin:id:mrn:hosp-a", value="x" * 100_000
+    )
 
     found = violations_of(patient(identifiers=[identifier]))
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from hin.records.v1 import records_service_pb2 as pb
 from hin.records.v1 import records_service_pb2_grpc as pb_grpc
 from mesh.runtime.authz import Authorizer, authorize, authorize_patients
 from mesh.runtime.errors import PermissionDenied
+from mesh.runtime.principal import current_principal
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
 from svc_records import chart, paging, records, store
@@ -78,9 +80,10 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         rules.validate_demographics(request.patient, "patient", violations)
         violations.check()
         await authorize(self._authorizer, action="records.demographics.write")
+        key = _scoped_key(request.idempotency_key, request)
 
         def register(session: Session) -> pb.RegisterPatientResponse:
-            stored = _replay(session, "RegisterPatient", request.idempotency_key)
+            stored = _replay(session, "RegisterPatient", key)
             if stored is not None:
                 return pb.RegisterPatientResponse.FromString(stored)
             records.check_identifiers_free(session, request.patient, "", "patient")
@@ -96,7 +99,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             response = pb.RegisterPatientResponse(
                 patient=records.patient_message(row, []), registered=True
             )
-            _remember(session, "RegisterPatient", request.idempotency_key, response)
+            _remember(session, "RegisterPatient", key, response)
             return response
 
         return await self._run(register)
@@ -305,12 +308,14 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
                 patient_id=patient_id,
             )
 
+        key = _scoped_key(request.idempotency_key, request)
+
         def merge(session: Session) -> pb.MergePatientsResponse:
-            stored = _replay(session, "MergePatients", request.idempotency_key)
+            stored = _replay(session, "MergePatients", key)
             if stored is not None:
                 return pb.MergePatientsResponse.FromString(stored)
             response = self._merge(session, request)
-            _remember(session, "MergePatients", request.idempotency_key, response)
+            _remember(session, "MergePatients", key, response)
             return response
 
         return await self._run(merge)
@@ -483,9 +488,10 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         method = f"Record/{kind}"
         entry = type(message)()
         entry.CopyFrom(message)
+        key = _scoped_key(idempotency_key, message)
 
         def record(session: Session) -> R:
-            stored = _replay(session, method, idempotency_key)
+            stored = _replay(session, method, key)
             if stored is not None:
                 return type(message).FromString(stored)
             row = _load_survivor(session, patient_id)
@@ -493,7 +499,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             records.add_chart_entry(
                 session, self._outbox, kind=kind, message=entry, source_key=None
             )
-            _remember(session, method, idempotency_key, entry)
+            _remember(session, method, key, entry)
             return entry
 
         return await self._run(record)
@@ -580,6 +586,26 @@ def _load_survivor(session: Session, patient_id: str) -> store.PatientRow:
 
 def _patient(session: Session, row: store.PatientRow) -> pb.Patient:
     return chart.patient_with_links(session, row)
+
+
+def _scoped_key(key: str, request: Message) -> str:
+    """Bind a client's idempotency key to the caller and the request.
+
+    Clients choose keys freely, so a key alone would hand the first call's
+    response, which names a patient and may carry clinical data, to another
+    caller or to a different request that reuses the key. Returns "" when
+    ``key`` is empty, and otherwise a SHA-256 hex digest.
+    """
+    if not key:
+        return ""
+    principal = current_principal()
+    digest = hashlib.sha256()
+    caller = (principal.kind.value, principal.organization_id, principal.subject)
+    for part in (*caller, key):
+        digest.update(part.encode())
+        digest.update(b"\0")
+    digest.update(request.SerializeToString(deterministic=True))
+    return digest.hexdigest()
 
 
 def _replay(session: Session, method: str, key: str) -> bytes | None:

@@ -37,8 +37,8 @@ DEMOGRAPHIC_FIELDS = (
 
 #: Longest accepted text of any demographic field, in characters. FHIR sets
 #: no limit. This bound keeps the PatientRegistered event far below the
-#: broker's message size limit (about 1 MB by Kafka's default) and keeps
-#: duplicate matching fast.
+#: outbox relay's record limit (librdkafka's message.max.bytes, 1,000,000
+#: bytes by default) and keeps duplicate matching fast.
 MAX_TEXT_LENGTH = 200
 #: Most entries of any repeated demographic field (names, given names,
 #: identifiers, telecom, address lines ...), for the same reasons.

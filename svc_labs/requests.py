@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from google.protobuf.message import Message
+
 from hin.common.v1 import types_pb2 as types
 from hin.labs.v1 import events_pb2 as events
 from hin.labs.v1 import labs_service_pb2 as pb
@@ -10,10 +12,17 @@ from svc_labs import domain, store
 
 DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
+#: Largest accepted write request, serialized. Each write becomes an event,
+#: and the outbox relay's producer rejects a record above librdkafka's
+#: message.max.bytes (1,000,000 bytes by default). The relay then retries
+#: that row forever, so no later labs event, critical results included,
+#: would be published.
+MAX_REQUEST_BYTES = 256 * 1024
 
 
 def check_place_order(request: pb.PlaceOrderRequest, practitioner_id: str) -> None:
     v = Violations()
+    _check_size(v, request)
     v.require(request.patient_id, "patient_id")
     if not request.ordering_practitioner_id and not practitioner_id:
         v.add(
@@ -30,6 +39,7 @@ def check_place_order(request: pb.PlaceOrderRequest, practitioner_id: str) -> No
 
 def check_collect_specimen(request: pb.CollectSpecimenRequest) -> None:
     v = Violations()
+    _check_size(v, request)
     v.require(request.order_id, "order_id")
     v.require(request.specimen_type.code, "specimen_type.code")
     if request.expected_version < 0:
@@ -39,6 +49,7 @@ def check_collect_specimen(request: pb.CollectSpecimenRequest) -> None:
 
 def check_record_result(request: pb.RecordResultRequest) -> None:
     v = Violations()
+    _check_size(v, request)
     v.require(request.order_id, "order_id")
     _check_loinc(v, request.test, "test")
     _check_value(v, request.value, "value")
@@ -56,6 +67,7 @@ def check_record_result(request: pb.RecordResultRequest) -> None:
 
 def check_correct_result(request: pb.CorrectResultRequest) -> None:
     v = Violations()
+    _check_size(v, request)
     v.require(request.result_id, "result_id")
     if request.expected_version <= 0:
         v.add("expected_version", "is required; pass the version you corrected")
@@ -98,6 +110,28 @@ def check_page(page: types.PageRequest, field: str = "page") -> tuple[int, int]:
     v.check()
     limit = min(page.page_size or DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE)
     return offset or 0, limit
+
+
+def _check_size(v: Violations, request: Message) -> None:
+    size = request.ByteSize()
+    if size <= MAX_REQUEST_BYTES:
+        return
+    # Name the top-level field that contributes most, so the caller knows
+    # what to shorten.
+    largest, largest_size = "", -1
+    for field, value in request.ListFields():
+        items = value if field.is_repeated else [value]
+        field_size = sum(
+            item.ByteSize() if isinstance(item, Message) else len(str(item).encode())
+            for item in items
+        )
+        if field_size > largest_size:
+            largest, largest_size = field.name, field_size
+    v.add(
+        largest,
+        f"makes the request {size} bytes long; at most {MAX_REQUEST_BYTES} "
+        "bytes are accepted",
+    )
 
 
 def _check_loinc(v: Violations, coding: types.Coding, field: str) -> None:

@@ -14,7 +14,7 @@ from sqlmodel import Session
 from hin.appointments.v1 import appointments_service_pb2 as pb
 from hin.appointments.v1 import appointments_service_pb2_grpc as pb_grpc
 from hin.common.v1 import types_pb2
-from mesh.runtime.authz import Authorizer, authorize
+from mesh.runtime.authz import Authorizer, authorize, authorize_patients
 from mesh.runtime.errors import Aborted, InvalidArgument
 from mesh.runtime.storage import Database
 from mesh.runtime.validation import Violations
@@ -383,8 +383,6 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
         self, request: pb.ListAppointmentsRequest, context: grpc.aio.ServicerContext
     ) -> pb.ListAppointmentsResponse:
         window, offset, limit = requests.list_appointments(request)
-        # NOTE: a list by practitioner names no patient, so one check covers
-        # the appointments of every patient that practitioner sees.
         decision = await authorize(
             self._authorizer, action=READ, patient_id=request.patient_id
         )
@@ -396,13 +394,40 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
             offset=offset,
             limit=limit,
         )
+        if request.patient_id:
+            appointments = [_appointment(row, decision.redact_clinical) for row in rows]
+        else:
+            appointments = await self._readable_appointments(rows)
         return pb.ListAppointmentsResponse(
-            appointments=[_appointment(row, decision.redact_clinical) for row in rows],
+            appointments=appointments,
             page=types_pb2.PageResponse(
                 next_page_token=requests.next_page_token(offset, limit, total),
                 total_size=total,
             ),
         )
+
+    async def _readable_appointments(
+        self, rows: list[AppointmentRow]
+    ) -> list[pb.Appointment]:
+        """Keep the appointments whose patient the caller may read.
+
+        A list by practitioner spans many patients, and the role check before
+        it covers none of them, so each patient is decided, and audited, here.
+        """
+        # NOTE: a page can come back shorter than page_size, and total_size
+        # still counts the appointments that were removed.
+        if not rows:
+            return []
+        decisions = await authorize_patients(
+            self._authorizer,
+            action=READ,
+            patient_ids=[row.patient_id for row in rows],
+        )
+        return [
+            _appointment(row, decisions[row.patient_id].redact_clinical)
+            for row in rows
+            if decisions[row.patient_id].allowed
+        ]
 
     async def _load_appointment(self, appointment_id: str) -> AppointmentRow:
         row = await self._run(_load, AppointmentRow, appointment_id)

@@ -28,9 +28,10 @@ READ = "appointments.schedule.read"
 
 @dataclass
 class RecordingAuthorizer:
-    """Allow everything, redact reads, and record each check."""
+    """Allow everything but the ``denied`` patients, redact reads, record checks."""
 
     checks: list[tuple[str, str]] = field(default_factory=list)
+    denied: set[str] = field(default_factory=set)
 
     async def check(
         self,
@@ -42,6 +43,8 @@ class RecordingAuthorizer:
         organization_id: str = "",
     ) -> Decision:
         self.checks.append((action, patient_id))
+        if patient_id in self.denied:
+            return Decision(False, "no care relationship with the patient")
         return Decision(True, "test", redact_clinical=action == READ)
 
 
@@ -110,3 +113,35 @@ async def test_staff_administration_needs_admin_write(
         ("appointments.admin.write", ""),
         ("appointments.admin.write", ""),
     ]
+
+
+async def test_practitioner_list_drops_denied_patients(
+    service: Running, authorizer: RecordingAuthorizer
+) -> None:
+    practitioner_id = await new_practitioner(service, "4000000003")
+    service.register_patients("patient-access-2", "patient-access-3")
+    monday = next_weekday(1)
+    for minute, patient_id in ((0, "patient-access-2"), (15, "patient-access-3")):
+        await service.stub.Book(
+            pb.BookRequest(
+                patient_id=patient_id,
+                practitioner_id=practitioner_id,
+                period=period(
+                    cairo(monday, 10, minute), cairo(monday, 10, minute + 15)
+                ),
+                reason="follow-up",
+            ),
+            metadata=service.scheduler_auth,
+        )
+    authorizer.denied.add("patient-access-3")
+    authorizer.checks.clear()
+
+    listed = await service.stub.ListAppointments(
+        pb.ListAppointmentsRequest(practitioner_id=practitioner_id),
+        metadata=service.scheduler_auth,
+    )
+
+    assert [a.patient_id for a in listed.appointments] == ["patient-access-2"]
+    assert listed.appointments[0].reason == ""
+    assert (READ, "patient-access-2") in authorizer.checks
+    assert (READ, "patient-access-3") in authorizer.checks

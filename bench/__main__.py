@@ -22,6 +22,7 @@ from bench.figures import Row, Section
 from bench.network import RunningNetwork, resident_bytes, start, stop
 from bench.stats import Spread
 from mesh.network.clients import ingress_channel
+from mesh.network.envoy.common import envoy_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT.parent / "shared" / "data"
@@ -192,7 +193,7 @@ def _machine() -> list[str]:
         pass
     envoy = (
         subprocess.run(
-            ["envoy", "--version"], capture_output=True, text=True, check=False
+            [envoy_binary(), "--version"], capture_output=True, text=True, check=False
         )
         .stdout.strip()
         .split("version:")[-1]

@@ -28,7 +28,7 @@ from hin.labs.v1 import labs_service_pb2 as labs
 from hin.notify.v1 import notify_service_pb2 as notify
 from hin.records.v1 import records_service_pb2 as records
 from mesh.network.clients import CHANNEL_OPTIONS, ingress_channel
-from mesh.network.demo.day import HospitalDay, Person
+from mesh.network.demo.day import HOSPITAL_A, HospitalDay, Person
 from mesh.network.mllp import MllpClient
 
 #: Steady rate of the event figure, results per second.
@@ -266,7 +266,7 @@ async def _result_to_notification(
     sent: dict[str, float] = {}
     arrived: dict[str, float] = {}
     stream = notify_grpc.NotifyServiceStub(channel).Subscribe(
-        notify.SubscribeRequest(recipient=recipient, after_id=2**62),
+        notify.SubscribeRequest(recipient=recipient),
         metadata=doctor.metadata(),
     )
 
@@ -311,6 +311,7 @@ async def _record(
             test=types.Coding(system="http://loinc.org", code="2823-3"),
             value=lab_events.ResultValue(quantity="4.1", unit="mmol/L"),
             status=lab_events.RESULT_STATUS_FINAL,
+            performing_organization_id=HOSPITAL_A,
         ),
         metadata=doctor.metadata(),
     )
@@ -356,6 +357,7 @@ def _raw_kafka_latencies(bootstrap: str, count: int) -> list[float]:
             key = int(key_bytes)
             latencies.append(time.perf_counter() - sent[key])
     consumer.close()
+    producer.flush(5)
     return latencies
 
 

@@ -38,7 +38,13 @@ def hin(
         str(state_dir),
         *args,
     ]
-    return subprocess.run(command, check=check, capture_output=True, text=True)
+    completed = subprocess.run(command, capture_output=True, text=True)
+    if check and completed.returncode != 0:
+        raise RuntimeError(
+            f"hin {args[0]} failed with exit code {completed.returncode}: "
+            f"{completed.stderr.strip()[-2000:]}"
+        )
+    return completed
 
 
 def start(state_dir: Path, *extra: str) -> RunningNetwork:

@@ -227,13 +227,16 @@ def parse_replicas(items: Iterable[str]) -> dict[str, int]:
 
 
 def _authz_rule(caller: str) -> CallRule:
-    # Every service calls authz for decisions and consent reads. No other call
-    # crosses services over gRPC, because everything else travels as events.
+    # Every service calls authz for decisions (Check, CheckBatch), for audit
+    # records of calls that ended without a decision (RecordAudit) and for
+    # consent reads. No other call crosses services over gRPC, because
+    # everything else travels as events.
     return CallRule(
         caller=caller,
         target="authz",
         method_prefixes=(
             "/hin.authz.v1.AuthzService/Check",
+            "/hin.authz.v1.AuthzService/RecordAudit",
             "/hin.authz.v1.AuthzService/Get",
             "/hin.authz.v1.AuthzService/List",
         ),

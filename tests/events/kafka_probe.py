@@ -67,11 +67,13 @@ def read_topic(
 
 
 def wait_until(
-    condition: Callable[[], bool], *, timeout: float = 60.0, what: str = ""
+    condition: Callable[[], bool], *, timeout: float = 60.0, description: str = ""
 ) -> None:
     """Poll ``condition`` until it holds; fail the test after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+            raise AssertionError(
+                f"timed out after {timeout:.0f} s waiting for {description}"
+            )
         time.sleep(0.05)

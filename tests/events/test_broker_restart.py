@@ -106,7 +106,9 @@ def test_broker_restart_empty_loses_nothing(
                 return write_update(session, OUTBOX, patient_id, version)
 
         before = [write(version) for version in (1, 2, 3)]
-        wait_until(lambda: set(before) <= recorder.applied(), what="first events")
+        wait_until(
+            lambda: set(before) <= recorder.applied(), description="first events"
+        )
 
         # Writes succeed while the broker is down; their events wait.
         broker.stop()
@@ -117,7 +119,9 @@ def test_broker_restart_empty_loses_nothing(
         # The broker comes back empty on the same port: the relay replaces
         # its producer and sends what was not confirmed.
         broker.start()
-        wait_until(lambda: set(during) <= recorder.applied(), what="recovered events")
+        wait_until(
+            lambda: set(during) <= recorder.applied(), description="recovered events"
+        )
 
         admin = AdminClient({"bootstrap.servers": bootstrap})
         metadata = admin.list_topics(TOPIC, timeout=10)
@@ -140,7 +144,8 @@ def test_broker_restart_empty_loses_nothing(
         assert code == 0
         assert "republished 6 events" in capsys.readouterr().out
         wait_until(
-            lambda: set(before + during) <= recorder.skipped(), what="replayed events"
+            lambda: set(before + during) <= recorder.skipped(),
+            description="replayed events",
         )
     finally:
         consumer.stop(timeout=10)

@@ -130,7 +130,9 @@ def test_relay_killed_before_marking_sent(
     recorder = Recorder()
     consumer = start_consumer(db, kafka_bootstrap, f"crash-relay-{unique}", recorder)
     try:
-        wait_until(lambda: len(recorder.outcomes(event_id)) >= 2, what="two deliveries")
+        wait_until(
+            lambda: len(recorder.outcomes(event_id)) >= 2, description="two deliveries"
+        )
     finally:
         consumer.stop(timeout=10)
     # The first delivery applied the event; every later one was skipped.

@@ -140,7 +140,9 @@ def test_poison_record_retried_then_dead_lettered(
         Handler(events_pb2.PatientRecordUpdated, reject_version_two),
     )
     try:
-        wait_until(lambda: bool(effects(db, event_id=last)), what="the third event")
+        wait_until(
+            lambda: bool(effects(db, event_id=last)), description="the third event"
+        )
 
         # The handler ran the configured number of times, then moved on.
         assert attempts[poison] == 3
@@ -190,7 +192,7 @@ def test_poison_record_retried_then_dead_lettered(
         assert hin(["dlq", "replay", "--topic", TOPIC]) == 0
         assert "replayed 1 dead letters" in capsys.readouterr().out
         wait_until(
-            lambda: bool(effects(db, event_id=poison)), what="the replayed event"
+            lambda: bool(effects(db, event_id=poison)), description="the replayed event"
         )
         assert len(effects(db, event_id=poison)) == 1
         relisted = [
@@ -244,7 +246,9 @@ def test_undecodable_and_unknown_records(
         Handler(events_pb2.PatientRecordUpdated, count_calls),
     )
     try:
-        wait_until(lambda: bool(effects(db, event_id=valid)), what="the valid event")
+        wait_until(
+            lambda: bool(effects(db, event_id=valid)), description="the valid event"
+        )
     finally:
         consumer.stop(timeout=10)
 

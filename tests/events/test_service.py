@@ -99,12 +99,12 @@ async def service(
     await host.stop(grace=5)
 
 
-async def eventually(condition: Callable[[], bool], what: str) -> None:
+async def eventually(condition: Callable[[], bool], description: str) -> None:
     for _ in range(1200):
         if condition():
             return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out after 60 s waiting for {what}")
+    raise AssertionError(f"timed out after 60 s waiting for {description}")
 
 
 def outbox_count(db: Database) -> int:

@@ -62,6 +62,11 @@ MAX_PAGE_SIZE = 500
 BREAK_GLASS_DEFAULT_MINUTES = 60
 BREAK_GLASS_MAX_MINUTES = 240
 BREAK_GLASS_MIN_REASON = 10
+#: Longest break-the-glass reason, the width of break_glass_grants.reason.
+#: A much longer one also made the BreakGlassAccessGranted event too large
+#: for the outbox relay's producer, which then held back every later authz
+#: event, the privacy officers' break-the-glass alerts included.
+BREAK_GLASS_MAX_REASON = 1000
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 
 _SUBJECT_KINDS = {
@@ -480,6 +485,12 @@ class AuthzServicer(pb_grpc.AuthzServiceServicer):
                 "reason",
                 f"must state why emergency access is needed, in at least "
                 f"{BREAK_GLASS_MIN_REASON} characters",
+            )
+        if len(request.reason.strip()) > BREAK_GLASS_MAX_REASON:
+            violations.add(
+                "reason",
+                f"is {len(request.reason.strip())} characters; at most "
+                f"{BREAK_GLASS_MAX_REASON}",
             )
         if not 0 <= request.duration_minutes <= BREAK_GLASS_MAX_MINUTES:
             violations.add(

@@ -47,6 +47,16 @@ async def test_empty_reason_is_rejected(authz: AuthzHarness, patient: str) -> No
     assert _violated_fields(caught.value) == ["reason"]
 
 
+async def test_long_reason_is_rejected(authz: AuthzHarness, patient: str) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await authz.stub.BreakGlass(
+            pb.BreakGlassRequest(patient_id=patient, reason="r" * (1 << 20)),
+            metadata=authz.bearer(DOCTOR),
+        )
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert _violated_fields(caught.value) == ["reason"]
+
+
 async def test_window_over_maximum_rejected(authz: AuthzHarness, patient: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await authz.stub.BreakGlass(

@@ -47,6 +47,10 @@ DEFAULT_PAGE_SIZE = 50
 MAX_PAGE_SIZE = 500
 MAX_ID_LENGTH = 64
 MAX_TEXT_LENGTH = 1000
+#: Most practitioners on one admission's care team. Each one is named in the
+#: PatientAdmitted event, which must stay below the outbox relay's record
+#: limit (librdkafka's message.max.bytes, 1,000,000 bytes by default).
+MAX_CARE_TEAM = 100
 DEFAULT_VISIT_TYPE = "visit-general"
 #: Largest offset a page token may carry: SQL binds OFFSET as a signed
 #: 64-bit integer, and this service never issues a larger one.
@@ -290,6 +294,8 @@ def book(request: pb.BookRequest) -> BookInput:
         v.add("period", f"is longer than {MAX_APPOINTMENT.seconds // 3600} hours")
     coding = service_type(v, request.service_type)
     check_text(v, request.reason, "reason")
+    if request.location_id:
+        require_id(v, request.location_id, "location_id")
     v.check()
     assert interval is not None
     return BookInput(
@@ -350,15 +356,28 @@ def list_appointments(
 def admit(request: pb.AdmitRequest) -> AdmitInput:
     v = Violations()
     require_id(v, request.patient_id, "patient_id")
-    v.require(request.organization_id, "organization_id")
+    require_id(v, request.organization_id, "organization_id")
     v.require(request.ward, "ward")
+    check_text(v, request.ward, "ward")
     if request.emergency and request.appointment_id:
         v.add("appointment_id", "must be empty for an emergency admission")
+    elif request.appointment_id:
+        require_id(v, request.appointment_id, "appointment_id")
     if not request.emergency:
         require_id(v, request.attending_practitioner_id, "attending_practitioner_id")
-    for index, member in enumerate(request.care_team_practitioner_ids):
+    elif request.attending_practitioner_id:
+        require_id(v, request.attending_practitioner_id, "attending_practitioner_id")
+    care_team = request.care_team_practitioner_ids
+    if len(care_team) > MAX_CARE_TEAM:
+        v.add(
+            "care_team_practitioner_ids",
+            f"has {len(care_team)} ids; at most {MAX_CARE_TEAM}",
+        )
+    for index, member in enumerate(care_team[:MAX_CARE_TEAM]):
         if not member:
             v.add(f"care_team_practitioner_ids[{index}]", "is empty")
+        else:
+            require_id(v, member, f"care_team_practitioner_ids[{index}]")
     check_text(v, request.reason, "reason")
     v.check()
     return AdmitInput(

@@ -75,3 +75,74 @@ def test_page_token_accepts_offset():
     _, offset, _ = requests.list_appointments(request)
 
     assert offset == 100
+
+
+def test_admit_rejects_huge_ward() -> None:
+    request = pb.AdmitRequest(
+        patient_id="patient-1",
+        organization_id="org-1",
+        ward="W" * (1 << 20),
+        emergency=True,
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        requests.admit(request)
+
+    assert violated_fields(caught.value) == {"ward"}
+
+
+def test_admit_rejects_long_organization_id() -> None:
+    request = pb.AdmitRequest(
+        patient_id="patient-1",
+        organization_id="o" * 100_000,
+        ward="ICU",
+        emergency=True,
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        requests.admit(request)
+
+    assert violated_fields(caught.value) == {"organization_id"}
+
+
+def test_admit_rejects_huge_care_team() -> None:
+    request = pb.AdmitRequest(
+        patient_id="patient-1",
+        organization_id="org-1",
+        ward="ICU",
+        emergency=True,
+        care_team_practitioner_ids=[f"practitioner-{i}" for i in range(20_000)],
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        requests.admit(request)
+
+    assert violated_fields(caught.value) == {"care_team_practitioner_ids"}
+
+
+def test_admit_accepts_ordinary_care_team() -> None:
+    request = pb.AdmitRequest(
+        patient_id="patient-1",
+        organization_id="org-1",
+        ward="ICU",
+        emergency=True,
+        care_team_practitioner_ids=["practitioner-1", "practitioner-2"],
+    )
+
+    admission = requests.admit(request)
+
+    assert admission.care_team_practitioner_ids == ["practitioner-1", "practitioner-2"]
+
+
+def test_book_rejects_long_location_id() -> None:
+    request = pb.BookRequest(
+        patient_id="patient-1",
+        practitioner_id="practitioner-1",
+        period=types_pb2.Period(start=stamp(FUTURE_TIME), end=stamp(FUTURE_TIME + 900)),
+        location_id="L" * (1 << 20),
+    )
+
+    with pytest.raises(InvalidArgument) as caught:
+        requests.book(request)
+
+    assert violated_fields(caught.value) == {"location_id"}

@@ -20,6 +20,7 @@ from pathlib import Path
 from bench import figures
 from bench.figures import Row, Section
 from bench.network import RunningNetwork, resident_bytes, start, stop
+from bench.profile import Sampler
 from bench.stats import Spread
 from mesh.network.clients import ingress_channel
 from mesh.network.envoy.common import envoy_binary
@@ -76,7 +77,14 @@ def _measure(
         try:
             up_seconds.append(network.up_seconds)
             memory.append(resident_bytes(network.state.supervisor_pid) / 2**30)
+            samplers = []
+            if index == 0:
+                samplers = [
+                    Sampler(network.state.replica(name).pid, name)
+                    for name in ("records", "appointments", "billing")
+                ]
             rate, _count = figures.fhir_import_rate(network, bundles)
+            fhir.profiles += [sampler.finish() for sampler in samplers]
             import_rates.append(rate)
             floors.append(figures.fhir_floor(bundles))
         except BaseException:
@@ -167,6 +175,10 @@ def render(sections: list[Section], *, smoke: bool) -> str:
         lines += [f"- {note}" for note in section.notes]
         if section.notes:
             lines.append("")
+        if section.profiles:
+            lines += ["Where the time goes (py-spy samples of the first run):", ""]
+            for profile in section.profiles:
+                lines += ["```", *profile.render(), "```", ""]
     return "\n".join(lines) + "\n"
 
 

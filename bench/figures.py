@@ -19,6 +19,7 @@ from confluent_kafka import Consumer, Producer
 
 from bench.load import LoadResult, closed_loop
 from bench.network import RunningNetwork, hin
+from bench.profile import Profile, Sampler
 from bench.stats import Spread, percentile
 from hin.common.v1 import types_pb2 as types
 from hin.echo.v1 import echo_service_pb2 as echo
@@ -57,6 +58,7 @@ class Section:
     title: str
     rows: list[Row] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    profiles: list[Profile] = field(default_factory=list)
 
 
 # Shared set-up -----------------------------------------------------------------
@@ -218,7 +220,14 @@ async def event_section(
     p50s, p99s = [], []
     floor_p50s, floor_p99s = [], []
     for run in range(runs):
+        samplers = []
+        if run == 0:
+            samplers = [
+                Sampler(network.state.replica(name).pid, name)
+                for name in ("labs", "notify")
+            ]
         latencies = await _result_to_notification(network, scene, seconds, run)
+        section.profiles += [sampler.finish() for sampler in samplers]
         p50s.append(percentile(latencies, 0.5) * 1000)
         p99s.append(percentile(latencies, 0.99) * 1000)
         floor = await asyncio.to_thread(
@@ -372,6 +381,9 @@ def hl7_section(
     address = network.state.mllp_addresses("labs")[0]
     rates, p99s, parse_rates = [], [], []
     for run in range(runs):
+        sampler = (
+            Sampler(network.state.replica("labs").pid, "labs") if run == 0 else None
+        )
         batch = [_unique(message, run, index) for index, message in enumerate(messages)]
         latencies: list[float] = []
         started = time.perf_counter()
@@ -382,6 +394,8 @@ def hl7_section(
                 latencies.append(time.perf_counter() - began)
         rates.append(len(batch) / (time.perf_counter() - started))
         p99s.append(percentile(latencies, 0.99) * 1000)
+        if sampler is not None:
+            section.profiles.append(sampler.finish())
 
         started = time.perf_counter()
         for message in batch:

@@ -481,6 +481,11 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
         return pb.RecordMedicationResponse(medication=medication)
 
     async def _record(self, kind: str, idempotency_key: str, message: R) -> R:
+        violations = Violations()
+        rules.check_sizes(
+            message, kind, violations, max_text_length=rules.MAX_CHART_TEXT_LENGTH
+        )
+        violations.check()
         patient_id = str(message.patient_id)  # type: ignore[attr-defined]
         await authorize(
             self._authorizer, action="records.clinical.write", patient_id=patient_id

@@ -43,6 +43,9 @@ MAX_TEXT_LENGTH = 200
 #: Most entries of any repeated demographic field (names, given names,
 #: identifiers, telecom, address lines ...), for the same reasons.
 MAX_REPEATED = 10
+#: Longest accepted text of a chart entry (encounter, condition, allergy,
+#: medication), whose dosage text and code displays run longer than names.
+MAX_CHART_TEXT_LENGTH = 2000
 
 _NON_DIGITS = re.compile(r"\D")
 #: C0 and C1 control characters, NUL included. Tabs and line breaks have no
@@ -115,7 +118,13 @@ def validate_demographics(
     check_sizes(patient, prefix, violations)
 
 
-def check_sizes(message: Message, path: str, violations: Violations) -> None:
+def check_sizes(
+    message: Message,
+    path: str,
+    violations: Violations,
+    *,
+    max_text_length: int = MAX_TEXT_LENGTH,
+) -> None:
     """Record each oversized or control-character text and oversized list.
 
     Walks every field of ``message`` and its nested messages, so a field
@@ -124,7 +133,7 @@ def check_sizes(message: Message, path: str, violations: Violations) -> None:
     for field, value in message.ListFields():
         field_path = f"{path}.{field.name}"
         if not field.is_repeated:
-            _check_value(field, value, field_path, violations)
+            _check_value(field, value, field_path, violations, max_text_length)
             continue
         if len(value) > MAX_REPEATED:
             violations.add(
@@ -133,21 +142,27 @@ def check_sizes(message: Message, path: str, violations: Violations) -> None:
             )
             continue
         for index, item in enumerate(value):
-            _check_value(field, item, f"{field_path}[{index}]", violations)
+            _check_value(
+                field, item, f"{field_path}[{index}]", violations, max_text_length
+            )
 
 
 def _check_value(
-    field: FieldDescriptor, value: object, path: str, violations: Violations
+    field: FieldDescriptor,
+    value: object,
+    path: str,
+    violations: Violations,
+    max_text_length: int,
 ) -> None:
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         assert isinstance(value, Message)
-        check_sizes(value, path, violations)
+        check_sizes(value, path, violations, max_text_length=max_text_length)
     elif field.type == FieldDescriptor.TYPE_STRING:
         assert isinstance(value, str)
-        if len(value) > MAX_TEXT_LENGTH:
+        if len(value) > max_text_length:
             violations.add(
                 path,
-                f"is {len(value)} characters long; at most {MAX_TEXT_LENGTH} "
+                f"is {len(value)} characters long; at most {max_text_length} "
                 "are accepted",
             )
         elif _CONTROL_CHARACTERS.search(value):

@@ -483,7 +483,11 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
     async def _record(self, kind: str, idempotency_key: str, message: R) -> R:
         violations = Violations()
         rules.check_sizes(
-            message, kind, violations, max_text_length=rules.MAX_CHART_TEXT_LENGTH
+            message,
+            kind,
+            violations,
+            max_text_length=rules.MAX_CHART_TEXT_LENGTH,
+            allow_line_breaks=True,
         )
         violations.check()
         patient_id = str(message.patient_id)  # type: ignore[attr-defined]

@@ -51,6 +51,11 @@ _NON_DIGITS = re.compile(r"\D")
 #: C0 and C1 control characters, NUL included. Tabs and line breaks have no
 #: place in a name, an identifier or an address line either.
 _CONTROL_CHARACTERS = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: The same without tab, line feed and carriage return, for chart text such
+#: as dosage instructions, which may span lines.
+_CONTROL_CHARACTERS_BUT_LINE_BREAKS = re.compile(
+    "[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]"
+)
 
 
 def date_to_iso(date: types_pb2.Date) -> str:
@@ -124,6 +129,7 @@ def check_sizes(
     violations: Violations,
     *,
     max_text_length: int = MAX_TEXT_LENGTH,
+    allow_line_breaks: bool = False,
 ) -> None:
     """Record each oversized or control-character text and oversized list.
 
@@ -132,8 +138,9 @@ def check_sizes(
     """
     for field, value in message.ListFields():
         field_path = f"{path}.{field.name}"
+        limits = (max_text_length, allow_line_breaks)
         if not field.is_repeated:
-            _check_value(field, value, field_path, violations, max_text_length)
+            _check_value(field, value, field_path, violations, limits)
             continue
         if len(value) > MAX_REPEATED:
             violations.add(
@@ -142,9 +149,7 @@ def check_sizes(
             )
             continue
         for index, item in enumerate(value):
-            _check_value(
-                field, item, f"{field_path}[{index}]", violations, max_text_length
-            )
+            _check_value(field, item, f"{field_path}[{index}]", violations, limits)
 
 
 def _check_value(
@@ -152,11 +157,18 @@ def _check_value(
     value: object,
     path: str,
     violations: Violations,
-    max_text_length: int,
+    limits: tuple[int, bool],
 ) -> None:
+    max_text_length, allow_line_breaks = limits
     if field.type == FieldDescriptor.TYPE_MESSAGE:
         assert isinstance(value, Message)
-        check_sizes(value, path, violations, max_text_length=max_text_length)
+        check_sizes(
+            value,
+            path,
+            violations,
+            max_text_length=max_text_length,
+            allow_line_breaks=allow_line_breaks,
+        )
     elif field.type == FieldDescriptor.TYPE_STRING:
         assert isinstance(value, str)
         if len(value) > max_text_length:
@@ -165,8 +177,14 @@ def _check_value(
                 f"is {len(value)} characters long; at most {max_text_length} "
                 "are accepted",
             )
-        elif _CONTROL_CHARACTERS.search(value):
-            violations.add(path, "contains a control character")
+        else:
+            control = (
+                _CONTROL_CHARACTERS_BUT_LINE_BREAKS
+                if allow_line_breaks
+                else _CONTROL_CHARACTERS
+            )
+            if control.search(value):
+                violations.add(path, "contains a control character")
 
 
 def _check_national_id(

@@ -95,3 +95,20 @@ async def test_huge_medication_dosage_is_invalid(
 
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert violated_fields(caught.value) == ["medication.dosage_text"]
+
+
+async def test_multiline_dosage_is_recorded(records_server: RecordsServer) -> None:
+    patient_id = await new_patient(records_server)
+    request = pb.RecordMedicationRequest(
+        medication=pb.Medication(
+            patient_id=patient_id,
+            code=types_pb2.CodeableConcept(text="metformin"),
+            dosage_text="500 mg twice a day\nwith meals",
+        )
+    )
+
+    response = await records_server.stub.RecordMedication(
+        request, metadata=records_server.doctor
+    )
+
+    assert response.medication.dosage_text == "500 mg twice a day\nwith meals"

@@ -517,7 +517,9 @@ class AppointmentsServicer(pb_grpc.AppointmentsServiceServicer):
 def _parse_bundle(payload: bytes) -> dict[str, Any]:
     try:
         bundle = json.loads(payload)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and integers
+    # longer than Python's int conversion limit; RecursionError deep nesting.
+    except (ValueError, RecursionError) as exc:
         raise InvalidArgument(
             f"bundle is not valid JSON: {exc}",
             violations=[],

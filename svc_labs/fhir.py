@@ -216,7 +216,8 @@ def _import_observation(
 def _parse_bundle(bundle: bytes) -> dict[str, Any]:
     try:
         document = json.loads(bundle, parse_float=Decimal)
-    except (ValueError, UnicodeDecodeError) as exc:
+    # RecursionError: nesting deeper than the interpreter's recursion limit.
+    except (ValueError, RecursionError) as exc:
         raise InvalidBundle(
             f"bundle is not valid JSON ({exc.__class__.__name__}); send a FHIR R4 "
             "Bundle as UTF-8 JSON",

@@ -95,7 +95,9 @@ def read_bundle(data: bytes) -> list[BundleEntry]:
     """Parse a Bundle's JSON into its entries; raise FhirError when it is not one."""
     try:
         bundle = json.loads(data)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+    # ValueError covers JSONDecodeError, UnicodeDecodeError and integers
+    # longer than Python's int conversion limit; RecursionError deep nesting.
+    except (ValueError, RecursionError) as exc:
         raise FhirError(f"bundle is not valid JSON: {exc.__class__.__name__}") from None
     if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
         raise FhirError('bundle must be a JSON object with "resourceType": "Bundle"')

@@ -18,6 +18,9 @@ MAX_PAGE_SIZE = 500
 #: that row forever, so no later labs event, critical results included,
 #: would be published.
 MAX_REQUEST_BYTES = 256 * 1024
+#: Longest accepted id. Ids are UUIDs (36 characters), here and in the
+#: records events that name patients.
+MAX_ID_LENGTH = 64
 
 
 def check_place_order(request: pb.PlaceOrderRequest, practitioner_id: str) -> None:
@@ -83,6 +86,11 @@ def check_correct_result(request: pb.CorrectResultRequest) -> None:
 def check_id(value: str, field: str) -> None:
     v = Violations()
     v.require(value, field)
+    if len(value) > MAX_ID_LENGTH:
+        # The NOT_FOUND message would repeat the id, and a message of many
+        # kilobytes exceeds the gRPC Python client's default 16 KiB metadata
+        # limit, so the caller would see RESOURCE_EXHAUSTED instead.
+        v.add(field, f"is {len(value)} characters; at most {MAX_ID_LENGTH}")
     v.check()
 
 

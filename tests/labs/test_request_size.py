@@ -81,3 +81,10 @@ def test_correct_result_rejects_huge_reason() -> None:
         requests.check_correct_result(request)
 
     assert violated_fields(caught.value) == {"reason"}
+
+
+def test_long_id_is_rejected() -> None:
+    with pytest.raises(InvalidArgument) as caught:
+        requests.check_id("x" * 10_000, "result_id")
+
+    assert violated_fields(caught.value) == {"result_id"}

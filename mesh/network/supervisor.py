@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import random
+import secrets
 import signal
 import socket
 import sys
@@ -276,6 +277,7 @@ class Supervisor:
                     secrets=secrets,
                     trace_receiver=self.state.trace_receiver,
                     instance=str(replica.index),
+                    sidecar_token=self._sidecar_token(),
                 )
                 path = envoy.write_bootstrap(
                     config,
@@ -289,6 +291,19 @@ class Supervisor:
                 replica.sidecar_pid = process.pid
                 self._watch(process, name, replica, sidecar=True)
         self.state.save()
+
+    def _sidecar_token_path(self) -> Path:
+        return self.state_dir / "keys" / "sidecar-token"
+
+    def _sidecar_token(self) -> str:
+        """Return the network's sidecar token, created on first use (mode 0600)."""
+        path = self._sidecar_token_path()
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(descriptor, "w") as handle:
+                handle.write(secrets.token_urlsafe(32))
+        return path.read_text().strip()
 
     def _envoy_process(self, name: str, config: Path, log: Path) -> ManagedProcess:
         return ManagedProcess(
@@ -325,6 +340,7 @@ class Supervisor:
                 # The service dials authz through its own sidecar, which adds
                 # mTLS, retries and load balancing. Authz itself decides locally.
                 "HIN_AUTHZ_ADDRESS": replica.outbound.get("authz", ""),
+                "HIN_SIDECAR_TOKEN_FILE": str(self._sidecar_token_path()),
             }
         )
         if replica.mllp:

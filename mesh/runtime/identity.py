@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hmac
 import json
 import logging
 import re
@@ -101,16 +102,34 @@ def spiffe_from_xfcc(header: str) -> str:
     return matches[-1][1] if matches else ""
 
 
+#: Header the inbound sidecar sets to prove a request passed through it.
+SIDECAR_TOKEN_HEADER = "x-hin-sidecar-token"
+
+
 class Authenticator:
     """Turn request metadata into a Principal.
 
     A bearer token wins over the sidecar's client certificate header, because a
     service that forwards a person's request acts for that person.
+
+    The service's own port is on loopback, where any local process can reach
+    it and send an ``x-forwarded-client-cert`` header of its choosing. With a
+    ``sidecar_token``, that header is believed only on requests that carry the
+    token, which only the inbound sidecar adds (it overwrites any value a
+    client sent). Without one, the header is believed from any caller, which
+    suits tests and a service run alone, not a network.
     """
 
-    def __init__(self, *, verifier: JwtVerifier | None, trust_xfcc: bool = True):
+    def __init__(
+        self,
+        *,
+        verifier: JwtVerifier | None,
+        trust_xfcc: bool = True,
+        sidecar_token: str = "",
+    ):
         self._verifier = verifier
         self._trust_xfcc = trust_xfcc
+        self._sidecar_token = sidecar_token.encode()
 
     def authenticate(self, metadata: Mapping[str, str]) -> Principal:
         """Return the caller; raise Unauthenticated for a present but bad token."""
@@ -128,7 +147,7 @@ class Authenticator:
                     reason="NO_JWKS",
                 )
             return self._verifier.verify(token.strip())
-        if self._trust_xfcc:
+        if self._trust_xfcc and self._from_sidecar(metadata):
             spiffe = spiffe_from_xfcc(metadata.get("x-forwarded-client-cert", ""))
             if spiffe.startswith(SPIFFE_PREFIX):
                 name = spiffe[len(SPIFFE_PREFIX) :]
@@ -139,3 +158,9 @@ class Authenticator:
                     service_name=name,
                 )
         return ANONYMOUS
+
+    def _from_sidecar(self, metadata: Mapping[str, str]) -> bool:
+        if not self._sidecar_token:
+            return True
+        presented = metadata.get(SIDECAR_TOKEN_HEADER, "").encode()
+        return hmac.compare_digest(presented, self._sidecar_token)

@@ -209,7 +209,12 @@ def make_authenticator(settings: ServiceSettings) -> Authenticator:
             "no JWKS file; every bearer token will be rejected",
             extra={"jwks_path": str(settings.jwks_path)},
         )
-    return Authenticator(verifier=verifier)
+    if not settings.sidecar_token:
+        logger.warning(
+            "no sidecar token; the client certificate header is trusted from "
+            "any local caller (set HIN_SIDECAR_TOKEN_FILE in a network)"
+        )
+    return Authenticator(verifier=verifier, sidecar_token=settings.sidecar_token)
 
 
 def make_authorizer(settings: ServiceSettings) -> Authorizer:

@@ -33,6 +33,9 @@ class ServiceSettings:
     log_level: str = "INFO"
     otlp_endpoint: str = ""
     shutdown_grace_seconds: float = 10.0
+    #: Secret the inbound sidecar adds to every request; "" trusts any caller's
+    #: client certificate header (tests, a service run alone).
+    sidecar_token: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -73,6 +76,7 @@ class ServiceSettings:
                 env.get("HIN_SHUTDOWN_GRACE_SECONDS", "10"),
                 "HIN_SHUTDOWN_GRACE_SECONDS",
             ),
+            sidecar_token=_read_secret(env.get("HIN_SIDECAR_TOKEN_FILE", "")),
             extra={
                 key[len(prefix) :].lower(): value
                 for key, value in env.items()
@@ -94,6 +98,20 @@ def parse_key_values(text: str) -> dict[str, str]:
             raise SettingsError(f"invalid key=value pair {item!r} in HIN_KAFKA_CONFIG")
         pairs[key.strip()] = value.strip()
     return pairs
+
+
+def _read_secret(path: str) -> str:
+    if not path:
+        return ""
+    try:
+        secret = Path(path).read_text().strip()
+    except OSError as exc:
+        raise SettingsError(
+            f"HIN_SIDECAR_TOKEN_FILE={path!r} cannot be read: {exc.strerror}"
+        ) from None
+    if not secret:
+        raise SettingsError(f"HIN_SIDECAR_TOKEN_FILE={path!r} is empty")
+    return secret
 
 
 def _check_loopback(address: str, variable: str) -> None:

@@ -97,3 +97,19 @@ def test_lab_result_trace_spans_every_hop(network: Path) -> None:
     assert produced != []
     assert consumed != []
     assert consumed[0].parent_span_id in {s.span_id for s in produced}
+
+
+def test_forged_client_cert_on_service_port_is_anonymous(network: Path) -> None:
+    import grpc
+
+    from hin.records.v1 import records_service_pb2 as records
+    from hin.records.v1 import records_service_pb2_grpc as records_grpc
+
+    address = NetworkState.load(network).replica("records").address
+    forged = (("x-forwarded-client-cert", "URI=spiffe://hin.local/svc/appointments"),)
+    with grpc.insecure_channel(address) as channel:
+        with pytest.raises(grpc.RpcError) as caught:
+            records_grpc.RecordsServiceStub(channel).ListPatients(
+                records.ListPatientsRequest(), metadata=forged, timeout=10
+            )
+    assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -291,3 +291,21 @@ async def test_client_span_is_parent_of_server_span(running) -> None:
     (server_span,) = exporter.get_finished_spans()
     assert server_span.context.trace_id == client_span.context.trace_id
     assert server_span.parent.span_id == client_span.context.span_id
+
+
+def test_client_cert_header_needs_sidecar_token() -> None:
+    from mesh.runtime.identity import Authenticator
+    from mesh.runtime.principal import PrincipalKind
+
+    authenticator = Authenticator(verifier=None, sidecar_token="s3cret")
+    xfcc = "URI=spiffe://hin.local/svc/appointments"
+    forged = authenticator.authenticate({"x-forwarded-client-cert": xfcc})
+    wrong = authenticator.authenticate(
+        {"x-forwarded-client-cert": xfcc, "x-hin-sidecar-token": "guess"}
+    )
+    genuine = authenticator.authenticate(
+        {"x-forwarded-client-cert": xfcc, "x-hin-sidecar-token": "s3cret"}
+    )
+    assert forged.kind is PrincipalKind.ANONYMOUS
+    assert wrong.kind is PrincipalKind.ANONYMOUS
+    assert genuine.service_name == "appointments"

@@ -13,7 +13,13 @@ from collections.abc import Mapping, Sequence
 
 from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster
-from envoy_data_plane.envoy.config.core.v3 import TrafficDirection, TransportSocket
+from envoy_data_plane.envoy.config.core.v3 import (
+    HeaderValue,
+    HeaderValueOption,
+    HeaderValueOptionHeaderAppendAction,
+    TrafficDirection,
+    TransportSocket,
+)
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
 from envoy_data_plane.envoy.config.rbac.v3 import (
     Permission,
@@ -54,6 +60,7 @@ from mesh.network.topology import (
     ServiceDef,
     Topology,
 )
+from mesh.runtime.identity import SIDECAR_TOKEN_HEADER
 
 LOCAL_CLUSTER = "local_service"
 #: Mesh identity of the ingress Envoy, which may call every public method.
@@ -72,6 +79,7 @@ def build_sidecar(
     secrets: common.SecretFiles,
     trace_receiver: str = "",
     instance: str = "0",
+    sidecar_token: str = "",
 ) -> Bootstrap:
     """Return the bootstrap of ``service``'s sidecar.
 
@@ -86,10 +94,15 @@ def build_sidecar(
         secrets: SDS files with this service's certificate and the mesh CA.
         trace_receiver: host:port of the OTLP/gRPC receiver; "" disables tracing.
         instance: replica index, part of the node id.
+        sidecar_token: secret added to every request passed to the service, so
+            that it trusts the client certificate header from this sidecar
+            only; "" adds nothing.
     """
     definition = topology.service(service)
     listeners = [
-        _inbound_listener(topology, definition, inbound, secrets, trace_receiver)
+        _inbound_listener(
+            topology, definition, inbound, secrets, trace_receiver, sidecar_token
+        )
     ]
     clusters: list[Cluster] = [common.static_cluster(LOCAL_CLUSTER, [address])]
     for target in topology.upstreams(service):
@@ -154,6 +167,7 @@ def _inbound_listener(
     inbound: str,
     secrets: common.SecretFiles,
     trace_receiver: str,
+    sidecar_token: str = "",
 ) -> Listener:
     routes = service_routes(service, LOCAL_CLUSTER, retries=False)
     routes.append(
@@ -178,6 +192,17 @@ def _inbound_listener(
         route_config=RouteConfiguration(
             name="inbound",
             virtual_hosts=[VirtualHost(name="inbound", domains=["*"], routes=routes)],
+            # Overwrite, never append: a value a client sent must not survive.
+            request_headers_to_add=[
+                HeaderValueOption(
+                    header=HeaderValue(key=SIDECAR_TOKEN_HEADER, value=sidecar_token),
+                    append_action=(
+                        HeaderValueOptionHeaderAppendAction.OVERWRITE_IF_EXISTS_OR_ADD
+                    ),
+                )
+            ]
+            if sidecar_token
+            else [],
         ),
         http_filters=[
             HttpFilter(

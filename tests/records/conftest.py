@@ -112,6 +112,10 @@ async def start_records(
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "HIN_GRPC_ADDRESS": "127.0.0.1:0",
         f"HIN_{name.upper()}_RELAY_POLL_SECONDS": "0.2",
+        # A consumer group of its own: the embedded broker may never assign
+        # partitions to a new member of a group whose earlier members left
+        # before their first assignment (another module's short-lived host).
+        "HIN_KAFKA_CONFIG": f"group.id=hin.{name}.test-{uuid.uuid4().hex[:12]}",
     }
     if database_url:
         environ["HIN_DATABASE_URL"] = database_url

@@ -18,6 +18,7 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 from sqlalchemy import Connection, Row, delete, func, select, text, update
 from sqlalchemy.exc import SQLAlchemyError
 
+from mesh.runtime.events import envelope as env
 from mesh.runtime.events.envelope import HeaderValue, cloudevents_headers
 from mesh.runtime.events.kafka_log import KAFKA_LOGGER
 from mesh.runtime.events.outbox import Outbox
@@ -429,6 +430,57 @@ class OutboxRelay:
             except BufferError:
                 # The local queue is full: serve delivery reports to drain it.
                 producer.poll(0.1)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                    raise
+                # Resending can never succeed, and every later row waits
+                # behind this one, so its place in the topic goes to a notice.
+                self._dead_letter_oversized(producer, row, headers, on_delivery)
+                return
+
+    def _dead_letter_oversized(
+        self,
+        producer: Producer,
+        row: Row[Any],
+        headers: list[tuple[str, HeaderValue]],
+        on_delivery: Callable[[KafkaError | None, Message], None],
+    ) -> None:
+        """Send a payload-less notice of an oversized event to ``<topic>.dlq``.
+
+        The event itself stays in the outbox row (``seq``), from which it can be
+        recovered once the producer's ``message.max.bytes`` allows it. The row
+        is then marked sent, so the events behind it flow again.
+        """
+        message = (
+            f"event of {len(row.payload)} bytes exceeds the producer's "
+            f"message.max.bytes; it stays in outbox row {row.seq}"
+        )
+        notice = [
+            *headers,
+            (env.DLQ_ERROR_TYPE, b"MSG_SIZE_TOO_LARGE"),
+            (env.DLQ_ERROR_MESSAGE, message.encode()),
+            (env.DLQ_ATTEMPTS, b"1"),
+            (env.DLQ_ORIGINAL_TOPIC, row.topic.encode()),
+            (env.DLQ_ORIGINAL_PARTITION, b"-1"),
+            (env.DLQ_ORIGINAL_OFFSET, b"-1"),
+            (env.DLQ_CONSUMER_GROUP, b""),
+            (env.DLQ_FAILED_AT, env.format_time(datetime.now(UTC)).encode()),
+        ]
+        logger.error(
+            "outbox event too large to publish; notice sent to the dead-letter topic",
+            extra={
+                "event_id": row.event_id,
+                "outbox_seq": row.seq,
+                "payload_bytes": len(row.payload),
+            },
+        )
+        producer.produce(
+            env.dlq_topic(row.topic),
+            value=b"",
+            key=row.key.encode(),
+            headers=notice,
+            on_delivery=on_delivery,
+        )
 
     def _mark(self, confirmed: Sequence[int], failed: Mapping[int, KafkaError]) -> None:
         now = datetime.now(UTC)

@@ -74,12 +74,22 @@ async def _publish_result(state: Path, trace_id: str) -> None:
         )
 
 
+def _complete(spans: list, services: set[str]) -> bool:
+    kinds = {(s.service, s.kind) for s in spans}
+    return (
+        services <= {s.service for s in spans}
+        and ("labs", PRODUCER) in kinds
+        and ("notify", CONSUMER) in kinds
+    )
+
+
 def _spans_of(state: Path, trace_id: str, services: set[str]) -> list:
-    # Services export spans in batches, so the trace fills in over seconds.
+    # Each process exports its spans in batches every few seconds, so the
+    # trace fills in over time.
     deadline = time.monotonic() + 30
     while True:
         spans = TraceStore(state / "traces").trace(trace_id)
-        if services <= {s.service for s in spans} or time.monotonic() > deadline:
+        if _complete(spans, services) or time.monotonic() > deadline:
             return spans
         time.sleep(0.5)
 
@@ -113,3 +123,31 @@ def test_forged_client_cert_on_service_port_is_anonymous(network: Path) -> None:
                 records.ListPatientsRequest(), metadata=forged, timeout=10
             )
     assert caught.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_status_reports_killed_broker(network: Path) -> None:
+    # Runs last in this module: the network has no broker afterwards.
+    import json
+    import os
+    import signal
+
+    state = NetworkState.load(network)
+    os.kill(state.broker_pid, signal.SIGKILL)
+    time.sleep(0.5)
+    completed = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "mesh.network.cli",
+            "--state",
+            str(network),
+            "status",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    report = json.loads(completed.stdout)
+    assert report["broker_running"] is False
+    assert report["healthy"] is False

@@ -96,9 +96,15 @@ async def collect_status(state_dir: Path) -> dict[str, Any]:
             service["state"] = "degraded"
         else:
             service["state"] = "down"
+    # The embedded broker keeps topics in memory only; when it is gone,
+    # services still accept writes into their outboxes but no event flows.
+    broker_running = process_alive(state.broker_pid) if state.embedded_broker else None
+    ingress_running = process_alive(state.ingress_pid)
     healthy = (
         supervisor_alive
         and state.status == READY
+        and broker_running is not False
+        and ingress_running
         and all(s["state"] == "up" for s in services.values())
     )
     return {
@@ -107,8 +113,9 @@ async def collect_status(state_dir: Path) -> dict[str, Any]:
         "error": state.error,
         "supervisor_pid": state.supervisor_pid,
         "ingress": state.ingress,
-        "ingress_running": process_alive(state.ingress_pid),
+        "ingress_running": ingress_running,
         "kafka_bootstrap": state.kafka_bootstrap,
+        "broker_running": broker_running,
         "trace_receiver": state.trace_receiver,
         "labs_mllp": state.mllp_addresses("labs"),
         "missing": state.missing,
@@ -132,11 +139,16 @@ def print_endpoints(state: NetworkState) -> None:
 
 
 def _print_report(report: dict[str, Any]) -> None:
-    print(f"network: {report['status']}")
+    status = report["status"]
+    if status == READY and not report["healthy"]:
+        status = "degraded"
+    print(f"network: {status}")
     if report["error"]:
         print(f"error: {report['error']}")
-    print(f"ingress: {report['ingress']}")
-    print(f"kafka bootstrap: {report['kafka_bootstrap']}")
+    ingress = "" if report["ingress_running"] else " (DOWN)"
+    print(f"ingress: {report['ingress']}{ingress}")
+    broker = " (embedded broker DOWN)" if report["broker_running"] is False else ""
+    print(f"kafka bootstrap: {report['kafka_bootstrap']}{broker}")
     print(f"trace receiver: {report['trace_receiver']}")
     for name, service in report["services"].items():
         print(f"{name}: {service['state']}")

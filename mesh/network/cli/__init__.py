@@ -42,12 +42,21 @@ def build_parser() -> argparse.ArgumentParser:
         register = getattr(module, "register", None)
         if register is not None:
             register(subparsers)
-    # Accept --state after the subcommand too: `hin up --state DIR`.
-    for subparser in subparsers.choices.values():
-        subparser.add_argument(
-            "--state", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
-        )
+    # Accept --state after the subcommand too: `hin up --state DIR`, and
+    # after a nested one: `hin audit verify --state DIR`.
+    _add_state_option(subparsers)
     return parser
+
+
+def _add_state_option(subparsers: argparse._SubParsersAction) -> None:
+    for subparser in subparsers.choices.values():
+        if "--state" not in subparser._option_string_actions:
+            subparser.add_argument(
+                "--state", type=Path, default=argparse.SUPPRESS, help=argparse.SUPPRESS
+            )
+        for action in subparser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                _add_state_option(action)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -41,6 +41,11 @@ def check_coding(v: Violations, coding: types.Coding, field: str) -> None:
     v.require(coding.code, f"{field}.code")
 
 
+#: Largest amount accepted on any one price, charge or payment. With at most
+#: 10,000 units per charge the total stays far inside a signed 64-bit integer.
+MAX_MINOR_UNITS = 1_000_000_000_000
+
+
 def check_money(
     v: Violations, money: types.Money, field: str, *, required: bool = False
 ) -> None:
@@ -50,6 +55,11 @@ def check_money(
             v.add(f"{field}.currency", "must be an ISO 4217 code such as EGP")
     if money.minor_units < 0:
         v.add(f"{field}.minor_units", "must be zero or more")
+    elif money.minor_units > MAX_MINOR_UNITS:
+        v.add(
+            f"{field}.minor_units",
+            f"must be at most {MAX_MINOR_UNITS} (10 billion in major units)",
+        )
 
 
 def check_date(v: Violations, value: types.Date, field: str) -> dt.date | None:

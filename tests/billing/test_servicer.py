@@ -133,6 +133,14 @@ async def test_negative_amount_rejected(billing: Billing) -> None:
     assert "unit_price.minor_units" in field_violations(caught.value)
 
 
+async def test_huge_amount_rejected(billing: Billing) -> None:
+    # 10,000 units at 2**62 piastres would overflow a 64-bit column.
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await post(billing, new_patient(), quantity=10_000, unit_price=egp(2**62))
+    assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "unit_price.minor_units" in field_violations(caught.value)
+
+
 async def test_unknown_code_rejected(billing: Billing) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await post(billing, new_patient(), code="no-such-visit")

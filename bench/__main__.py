@@ -101,6 +101,7 @@ def _measure(
             "s",
             target="< 15 s",
             met=seconds.median < 15,
+            note=figures.shortfall(seconds.median, 15, "s"),
         ),
         Row(
             "resident memory of the network",
@@ -108,6 +109,7 @@ def _measure(
             "GiB",
             target="< 1.5 GiB",
             met=gib.median < 1.5,
+            note=figures.shortfall(gib.median, 1.5, "GiB"),
         ),
     ]
     import_rate = Spread.of(import_rates)
@@ -120,6 +122,7 @@ def _measure(
             Spread.of(floors),
             target=">= 1,000 res/s",
             met=import_rate.median >= 1000,
+            note=figures.shortfall(import_rate.median, 1000, "res/s"),
         )
     )
     try:
@@ -190,7 +193,7 @@ def _row(row: Row) -> str:
         ratio = f"{row.value.median / row.floor.median:.2f}"
     target = row.target
     if row.met is not None:
-        target += " (met)" if row.met else " (MISSED)"
+        target += " (met)" if row.met else f" (MISSED {row.note})"
     return f"| {row.figure} | {value} | {floor} | {ratio} | {target} |"
 
 

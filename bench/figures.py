@@ -61,6 +61,14 @@ class Section:
     profiles: list[Profile] = field(default_factory=list)
 
 
+def shortfall(value: float, limit: float, unit: str) -> str:
+    """Describe how far ``value`` is from ``limit``: "by 0.64 ms (2.6x)"."""
+    ratio = value / limit if limit else float("inf")
+    if ratio < 1:
+        ratio = limit / value if value else float("inf")
+    return f"by {abs(value - limit):,.2f} {unit} ({ratio:,.1f}x)"
+
+
 # Shared set-up -----------------------------------------------------------------
 
 
@@ -200,6 +208,7 @@ def _query_rows(
                 "ms",
                 target="<= 0.4 ms",
                 met=per_hop <= 0.4,
+                note=shortfall(per_hop, 0.4, "ms"),
             )
         )
     errors = sum(r.errors for runs in results.values() for r in runs)
@@ -215,55 +224,76 @@ def _query_rows(
 async def event_section(
     network: RunningNetwork, scene: Scene, *, runs: int, seconds: float
 ) -> Section:
-    """RecordResult over gRPC to a notification on the doctor's stream."""
+    """RecordResult over gRPC to a notification on the doctor's stream.
+
+    The target rate comes first; a tenth of it follows, to show the latency
+    of the path itself when the two cores are not saturated.
+    """
     section = Section("event", f"lab result to notification at {EVENT_RATE}/s")
+    for rate in (EVENT_RATE, EVENT_RATE // 10):
+        await _event_rows(
+            network, scene, section, runs=runs, seconds=seconds, rate=rate
+        )
+    return section
+
+
+async def _event_rows(
+    network: RunningNetwork,
+    scene: Scene,
+    section: Section,
+    *,
+    runs: int,
+    seconds: float,
+    rate: int,
+) -> None:
     p50s, p99s = [], []
     floor_p50s, floor_p99s = [], []
+    count = max(1, int(seconds * rate))
     for run in range(runs):
         samplers = []
-        if run == 0:
+        if run == 0 and rate == EVENT_RATE:
             samplers = [
                 Sampler(network.state.replica(name).pid, name)
                 for name in ("labs", "notify")
             ]
-        latencies = await _result_to_notification(network, scene, seconds, run)
+        latencies = await _result_to_notification(network, scene, count, rate, run)
         section.profiles += [sampler.finish() for sampler in samplers]
         p50s.append(percentile(latencies, 0.5) * 1000)
         p99s.append(percentile(latencies, 0.99) * 1000)
         floor = await asyncio.to_thread(
-            _raw_kafka_latencies,
-            network.state.kafka_bootstrap,
-            int(seconds * EVENT_RATE),
+            _raw_kafka_latencies, network.state.kafka_bootstrap, count, rate
         )
         floor_p50s.append(percentile(floor, 0.5) * 1000)
         floor_p99s.append(percentile(floor, 0.99) * 1000)
     p50, p99 = Spread.of(p50s), Spread.of(p99s)
     floor_p50 = Spread.of(floor_p50s)
+    targeted = rate == EVENT_RATE
     section.rows += [
         Row(
-            "p50 result accepted -> notification",
+            f"p50 result accepted -> notification, {rate}/s",
             p50,
             "ms",
             "raw produce -> consume",
             floor_p50,
-            target="within 15 ms of the floor",
-            met=p50.median - floor_p50.median <= 15,
+            target="within 15 ms of the floor" if targeted else "",
+            met=p50.median - floor_p50.median <= 15 if targeted else None,
+            note=shortfall(p50.median, floor_p50.median + 15, "ms"),
         ),
         Row(
-            "p99 result accepted -> notification",
+            f"p99 result accepted -> notification, {rate}/s",
             p99,
             "ms",
             "raw produce -> consume",
             Spread.of(floor_p99s),
-            target="< 100 ms",
-            met=p99.median < 100,
+            target="< 100 ms" if targeted else "",
+            met=p99.median < 100 if targeted else None,
+            note=shortfall(p99.median, 100, "ms"),
         ),
     ]
-    return section
 
 
 async def _result_to_notification(
-    network: RunningNetwork, scene: Scene, seconds: float, run: int
+    network: RunningNetwork, scene: Scene, count: int, rate: int, run: int
 ) -> list[float]:
     doctor: Person = scene.staff["people"]["internist"]
     recipient = f"practitioner:{scene.staff['internist']}"
@@ -287,15 +317,16 @@ async def _result_to_notification(
 
     reader = asyncio.create_task(read())
     await asyncio.sleep(0.5)
-    count = int(seconds * EVENT_RATE)
-    interval = 1 / EVENT_RATE
+    interval = 1 / rate
     start = time.perf_counter()
     pending = []
     for index in range(count):
         due = start + index * interval
         await asyncio.sleep(max(0.0, due - time.perf_counter()))
         pending.append(
-            asyncio.create_task(_record(lab, scene, doctor, sent, run, index))
+            asyncio.create_task(
+                _record(lab, scene, doctor, sent, f"{rate}-{run}", index)
+            )
         )
     await asyncio.gather(*pending)
     deadline = time.perf_counter() + 10
@@ -310,7 +341,12 @@ async def _result_to_notification(
 
 
 async def _record(
-    lab: Any, scene: Scene, doctor: Person, sent: dict[str, float], run: int, index: int
+    lab: Any,
+    scene: Scene,
+    doctor: Person,
+    sent: dict[str, float],
+    run: str,
+    index: int,
 ) -> None:
     began = time.perf_counter()
     response = await lab.RecordResult(
@@ -327,7 +363,7 @@ async def _record(
     sent[response.result.result_id] = began
 
 
-def _raw_kafka_latencies(bootstrap: str, count: int) -> list[float]:
+def _raw_kafka_latencies(bootstrap: str, count: int, rate: int) -> list[float]:
     """Produce ``count`` records at the same rate and time each to its consumer."""
     topic = f"bench.raw.{uuid.uuid4().hex[:8]}"
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 0})
@@ -348,7 +384,7 @@ def _raw_kafka_latencies(bootstrap: str, count: int) -> list[float]:
         pass
     latencies: list[float] = []
     sent: dict[int, float] = {}
-    interval = 1 / EVENT_RATE
+    interval = 1 / rate
     start = time.perf_counter()
     index = 0
     while (
@@ -411,6 +447,7 @@ def hl7_section(
             Spread.of(parse_rates),
             target=">= 300 msg/s",
             met=rate.median >= 300,
+            note=shortfall(rate.median, 300, "msg/s"),
         ),
         Row("ACK p99", Spread.of(p99s), "ms"),
     ]
@@ -526,6 +563,7 @@ async def isolation_section(
             floor,
             target="within 20% of the floor",
             met=value.median <= floor.median * 1.2,
+            note=shortfall(value.median, floor.median * 1.2, "ms"),
         )
     )
     section.notes.append(f"failed queries during the outages: {errors}")

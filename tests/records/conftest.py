@@ -116,6 +116,12 @@ async def start_records(
         # partitions to a new member of a group whose earlier members left
         # before their first assignment (another module's short-lived host).
         "HIN_KAFKA_CONFIG": f"group.id=hin.{name}.test-{uuid.uuid4().hex[:12]}",
+        # A new group reads the topics from the start, including other
+        # modules' results for patients this service never saw, which fail
+        # and are retried; fast retries keep that backlog short.
+        f"HIN_{name.upper()}_EVENT_MAX_ATTEMPTS": "2",
+        f"HIN_{name.upper()}_EVENT_BACKOFF_SECONDS": "0.01",
+        f"HIN_{name.upper()}_EVENT_BACKOFF_MAX_SECONDS": "0.05",
     }
     if database_url:
         environ["HIN_DATABASE_URL"] = database_url

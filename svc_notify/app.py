@@ -83,6 +83,7 @@ def build(
         wakeups=wakeups,
         poll_seconds=settings.poll_seconds,
         clock=clock,
+        allow_private_webhooks=settings.webhook_allow_private,
     )
     handlers = EventHandlers(
         outbox=ctx.outbox,

@@ -23,6 +23,9 @@
   wakes them (default 1).
 - ``HIN_NOTIFY_DEFAULT_LANGUAGE``: language of recipients without
   preferences, ``en`` or ``ar`` (default en).
+- ``HIN_NOTIFY_WEBHOOK_ALLOW_PRIVATE``: ``true`` to accept webhook URLs on
+  loopback, private and link-local addresses, for local receivers and tests
+  (default false, so a recipient cannot aim deliveries at internal hosts).
 - ``HIN_NOTIFY_DEFAULT_TIME_ZONE``: IANA zone of times in messages and of
   quiet hours when the recipient set none (default UTC).
 """
@@ -56,6 +59,8 @@ class NotifySettings:
     poll_seconds: float = 1.0
     default_language: str = "en"
     default_time_zone: str = "UTC"
+    #: Accept webhook URLs on loopback, private and link-local addresses.
+    webhook_allow_private: bool = False
 
     @classmethod
     def from_service_settings(cls, settings: ServiceSettings) -> NotifySettings:
@@ -96,6 +101,9 @@ class NotifySettings:
             poll_seconds=_positive(get("poll_seconds", "1"), "POLL_SECONDS"),
             default_language=language,
             default_time_zone=zone,
+            webhook_allow_private=_flag(
+                get("webhook_allow_private", "false"), "WEBHOOK_ALLOW_PRIVATE"
+            ),
         )
 
 

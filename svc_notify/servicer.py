@@ -45,7 +45,9 @@ class NotifyServicer(pb_grpc.NotifyServiceServicer):
         wakeups: Wakeups,
         poll_seconds: float,
         clock: Callable[[], datetime],
+        allow_private_webhooks: bool = False,
     ) -> None:
+        self._allow_private_webhooks = allow_private_webhooks
         self._db = db
         self._authorizer = authorizer
         self._wakeups = wakeups
@@ -133,7 +135,9 @@ class NotifyServicer(pb_grpc.NotifyServiceServicer):
     ) -> pb.SetPreferencesResponse:
         """Replace a recipient's preferences if expected_version is current."""
         violations = Violations()
-        recipient = validation.check_preferences(violations, request)
+        recipient = validation.check_preferences(
+            violations, request, allow_private_webhooks=self._allow_private_webhooks
+        )
         violations.check()
         assert recipient is not None
         await self._authorize_preferences(recipient, WRITE)

@@ -55,7 +55,10 @@ def check_id(violations: Violations, value: str, field: str, *, required: bool) 
 
 
 def check_preferences(
-    violations: Violations, request: pb.SetPreferencesRequest
+    violations: Violations,
+    request: pb.SetPreferencesRequest,
+    *,
+    allow_private_webhooks: bool = False,
 ) -> Recipient | None:
     """Check every field of a SetPreferences request."""
     preferences = request.preferences
@@ -106,7 +109,9 @@ def check_preferences(
             "must be an E.164 number such as +201001234567",
         )
     if preferences.webhook_url:
-        problem = webhook_url_problem(preferences.webhook_url)
+        problem = webhook_url_problem(
+            preferences.webhook_url, allow_private=allow_private_webhooks
+        )
         if problem:
             violations.add("preferences.webhook_url", problem)
     if events.CHANNEL_WEBHOOK in preferences.channels and not preferences.webhook_url:
@@ -123,23 +128,29 @@ def check_preferences(
     return recipient
 
 
-def webhook_url_problem(url: str) -> str:
+def webhook_url_problem(url: str, *, allow_private: bool = False) -> str:
     """Return why a webhook URL is unacceptable, or "" when it is fine.
 
-    Webhooks must use https, except to a loopback host, where http is allowed
-    for local receivers and tests.
+    Webhooks must use https. A host given as a loopback, private or
+    link-local address is rejected, so a recipient cannot aim deliveries at
+    the network's own services, unless ``allow_private`` is set (local
+    receivers and tests); then http is accepted for a loopback host too.
     """
     try:
         parts = urlsplit(url)
+        host = parts.hostname
     except ValueError:
         return "is not a URL"
-    if not parts.hostname:
+    if not host:
         return "must be an absolute http(s) URL with a host"
+    internal = _is_internal(host)
+    if internal and not allow_private:
+        return "must not point at a loopback, private or link-local address"
     if parts.scheme == "https":
         return ""
-    if parts.scheme == "http" and _is_loopback(parts.hostname):
+    if parts.scheme == "http" and allow_private and _is_loopback(host):
         return ""
-    return "must use https (http is accepted only for a loopback host)"
+    return "must use https"
 
 
 def check_roster(violations: Violations, request: pb.SetOnCallRosterRequest) -> None:
@@ -195,6 +206,25 @@ def check_role_members(
         seen.add(practitioner_id)
     if request.expected_version < 0:
         violations.add("expected_version", "must be 0 or more")
+
+
+def _is_internal(host: str) -> bool:
+    # NOTE: a DNS name that resolves to an internal address passes this check;
+    # only names and literals known to be internal are caught here.
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return (
+        address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_unspecified
+        or address.is_reserved
+        or address.is_multicast
+    )
 
 
 def _is_loopback(host: str) -> bool:

@@ -211,6 +211,8 @@ def notify_settings(
             "HIN_GRPC_ADDRESS": "127.0.0.1:0",
             "HIN_DATABASE_URL": database_url,
             "HIN_NOTIFY_POLL_SECONDS": "0.2",
+            # Webhook receivers in these tests listen on loopback.
+            "HIN_NOTIFY_WEBHOOK_ALLOW_PRIVATE": "true",
             "HIN_NOTIFY_EVENT_MAX_ATTEMPTS": "2",
             "HIN_NOTIFY_EVENT_BACKOFF_SECONDS": "0.05",
             **extra,

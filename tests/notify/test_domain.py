@@ -310,3 +310,41 @@ def test_break_glass_goes_to_privacy_role() -> None:
     [planned] = rules.plan_break_glass(event)
     assert str(planned.recipient) == "role:privacy_officer@hosp-a"
     assert planned.priority == pb.NOTIFICATION_PRIORITY_URGENT
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://127.0.0.1:8080/hook",
+        "https://127.0.0.1/hook",
+        "https://localhost/hook",
+        "https://10.0.0.5/hook",
+        "https://192.168.1.20/hook",
+        "https://169.254.169.254/latest/meta-data",
+        "https://[::1]/hook",
+        "https://0.0.0.0/hook",
+    ],
+)
+def test_webhook_to_internal_address_rejected(url: str) -> None:
+    from svc_notify.validation import webhook_url_problem
+
+    assert "loopback, private or link-local" in webhook_url_problem(url)
+
+
+def test_webhook_public_https_accepted() -> None:
+    from svc_notify.validation import webhook_url_problem
+
+    assert webhook_url_problem("https://hooks.example.org/hin") == ""
+
+
+def test_webhook_plain_http_rejected() -> None:
+    from svc_notify.validation import webhook_url_problem
+
+    assert webhook_url_problem("http://hooks.example.org/hin") == "must use https"
+
+
+def test_webhook_loopback_allowed_when_configured() -> None:
+    from svc_notify.validation import webhook_url_problem
+
+    problem = webhook_url_problem("http://127.0.0.1:8080/hook", allow_private=True)
+    assert problem == ""

@@ -239,7 +239,7 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             )
 
         response = await self._run(search)
-        await self._drop_denied(response.patients)
+        await self._drop_denied(response.patients, response.page)
         return response
 
     async def ListPatients(
@@ -266,18 +266,19 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             )
 
         response = await self._run(list_page)
-        await self._drop_denied(response.patients)
+        await self._drop_denied(response.patients, response.page)
         return response
 
-    async def _drop_denied(self, patients: Any) -> None:
+    async def _drop_denied(self, patients: Any, page: Any) -> None:
         """Remove from ``patients`` each one the caller may not read.
 
         The role check before the query does not cover care relationships,
         hospitals and consent, so every patient on the page is decided, and
-        audited, on its own.
+        audited, on its own. When any is removed, ``page.total_size`` is
+        cleared (0 means unknown), because it counted patients the caller may
+        not know of.
         """
-        # NOTE: a page can come back shorter than page_size, and total_size
-        # still counts the patients that were removed.
+        # NOTE: a page can come back shorter than page_size.
         if not patients:
             return
         decisions = await authorize_patients(
@@ -286,6 +287,8 @@ class RecordsServicer(pb_grpc.RecordsServiceServicer):
             patient_ids=[patient.patient_id for patient in patients],
         )
         allowed = [p for p in patients if decisions[p.patient_id].allowed]
+        if len(allowed) < len(patients):
+            page.total_size = 0
         del patients[:]
         patients.extend(allowed)
 

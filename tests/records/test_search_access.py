@@ -119,6 +119,33 @@ async def test_search_drops_denied_patient(server: Server) -> None:
     assert denied not in found
 
 
+async def test_filtered_search_hides_total(server: Server) -> None:
+    family = f"Haddad{uuid.uuid4().hex[:6]}"
+    await register(server, family)
+    denied = await register(server, family)
+    server.authorizer.denied.add(denied)
+
+    response = await server.stub.SearchPatients(
+        pb.SearchPatientsRequest(name=family), metadata=server.doctor
+    )
+
+    # Two patients match, but the caller may know of one only.
+    assert len(response.patients) == 1
+    assert response.page.total_size == 0
+
+
+async def test_unfiltered_search_counts_total(server: Server) -> None:
+    family = f"Fahmy{uuid.uuid4().hex[:6]}"
+    await register(server, family)
+    await register(server, family)
+
+    response = await server.stub.SearchPatients(
+        pb.SearchPatientsRequest(name=family), metadata=server.doctor
+    )
+
+    assert response.page.total_size == 2
+
+
 async def test_list_drops_denied_patient(server: Server) -> None:
     readable = await register(server, "Nour")
     denied = await register(server, "Nour")

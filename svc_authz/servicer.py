@@ -62,10 +62,10 @@ MAX_PAGE_SIZE = 500
 BREAK_GLASS_DEFAULT_MINUTES = 60
 BREAK_GLASS_MAX_MINUTES = 240
 BREAK_GLASS_MIN_REASON = 10
-#: Longest break-the-glass reason, the width of break_glass_grants.reason.
-#: A much longer one also made the BreakGlassAccessGranted event too large
-#: for the outbox relay's producer, which then held back every later authz
-#: event, the privacy officers' break-the-glass alerts included.
+#: Maximum length of a break-the-glass reason, the width of
+#: break_glass_grants.reason. A much longer one would also make the
+#: BreakGlassAccessGranted event too large for the outbox relay's producer,
+#: which dead-letters such an event, so the privacy officers' alert is lost.
 BREAK_GLASS_MAX_REASON = 1000
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 

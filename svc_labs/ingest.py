@@ -79,7 +79,8 @@ class Hl7Ingestor:
     async def handle(self, data: bytes) -> bytes:
         """Store ``data`` when it is valid and return the ACK bytes.
 
-        Never raises: every failure becomes an AE or AR acknowledgment.
+        Raises nothing but cancellation, because every failure becomes an AE
+        or AR acknowledgment.
         """
         received_at = self._clock()
         try:

@@ -132,9 +132,10 @@ def webhook_url_problem(url: str, *, allow_private: bool = False) -> str:
     """Return why a webhook URL is unacceptable, or "" when it is fine.
 
     Webhooks must use https. A host given as a loopback, private or
-    link-local address is rejected, so a recipient cannot aim deliveries at
-    the network's own services, unless ``allow_private`` is set (local
-    receivers and tests); then http is accepted for a loopback host too.
+    link-local address is rejected, so that a recipient cannot aim
+    deliveries at the network's own services. ``allow_private`` lifts that
+    rule for local receivers and tests, and then http is accepted for a
+    loopback host too.
     """
     try:
         parts = urlsplit(url)

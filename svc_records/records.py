@@ -36,7 +36,7 @@ ENTRY_MESSAGES: dict[str, type[Message]] = {
     "observation": pb.Observation,
 }
 
-#: Chart kind -> the message field that holds the entry id.
+#: Chart kind -> the message field that contains the entry id.
 ENTRY_ID_FIELDS = {
     "encounter": "encounter_id",
     "condition": "condition_id",
@@ -125,7 +125,7 @@ def check_identifiers_free(
     patient_id: str,
     prefix: str,
 ) -> None:
-    """Raise IdentifierTaken when another patient holds one of the identifiers.
+    """Raise IdentifierTaken when another patient has one of the identifiers.
 
     The error names the request field, never the identifier's value.
     """

@@ -1,1 +1,1 @@
-"""What runs the network: broker, PKI, Envoy configuration, supervisor, CLI."""
+"""Network operation: broker, PKI, Envoy configuration, supervisor, CLI."""

@@ -1,8 +1,8 @@
 """Blocking MLLP client: send HL7 v2 messages and read their ACKs.
 
 ``hin labs send-hl7`` and the importers use it to feed the labs listener.
-It speaks MLLP framing only (0x0B, message, 0x1C 0x0D) and knows nothing of
-svc_labs beyond the ACK format.
+It speaks MLLP framing only (0x0B, message, 0x1C 0x0D) and depends on
+nothing of svc_labs beyond the ACK format.
 """
 
 from __future__ import annotations

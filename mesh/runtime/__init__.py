@@ -1,1 +1,1 @@
-"""What runs inside every service process: server, storage, events, identity."""
+"""Code inside every service process: server, storage, events, identity."""

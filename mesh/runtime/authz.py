@@ -124,7 +124,7 @@ def decided_in_current_call() -> bool:
 class RolePolicyAuthorizer:
     """Role permissions only, for running one service without svc_authz.
 
-    It knows nothing of care relationships or consent, so a network always
+    It ignores care relationships and consent, so a network always
     runs with ``HIN_AUTHZ_ADDRESS`` set and this class serves tests of a
     single service.
     """

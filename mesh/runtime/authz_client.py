@@ -6,11 +6,11 @@
 before it returns, so no decision reaches a caller unaudited.
 
 Decisions are not cached. Every access needs its audit record committed in
-svc_authz before the calling service answers, which costs this round trip
+svc_authz before the calling service responds, which costs this round trip
 whether or not the decision is known already. A cached allow would also
 outlive a revoked consent, and revoking must take effect on the next request.
 
-The server interceptor awaits ``audit_call`` before each answer. For a call
+The server interceptor awaits ``audit_call`` before each response. For a call
 that ended without a decision (rejected token, invalid request, a method that
 touches no patient) it sends ``RecordAudit``, so those calls are in the trail
 too, written before the caller sees the status.

@@ -37,7 +37,7 @@ PUBLIC_METHOD_PREFIXES = (
 
 @dataclass(frozen=True)
 class CallOutcome:
-    """How one RPC ended, passed to the ``on_finish`` hook before the answer."""
+    """Outcome of one RPC, passed to the ``on_finish`` hook before the response."""
 
     method: str
     principal: Principal
@@ -48,7 +48,7 @@ class CallOutcome:
 
 
 #: Awaited before each RPC's status is sent, so a durable write it makes
-#: (an audit record) is done before the caller sees the answer.
+#: (an audit record) is done before the caller sees the response.
 FinishHook = Callable[[CallOutcome], Awaitable[None]]
 
 

@@ -43,7 +43,7 @@ class BuildContext:
 
 @dataclass
 class ServiceSpec:
-    """What one service contributes to its process."""
+    """Servicers, handlers and background tasks one service adds to its process."""
 
     name: str
     #: (add_XServicer_to_server, servicer) pairs.

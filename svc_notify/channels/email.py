@@ -65,7 +65,7 @@ class SmtpSender:
                 smtp.send_message(email)
         except smtplib.SMTPRecipientsRefused as exc:
             raise DeliveryError(
-                "SMTP relay refused the recipient address", permanent=True
+                "SMTP relay rejected the recipient address", permanent=True
             ) from exc
         except smtplib.SMTPResponseException as exc:
             # 5xx replies are permanent failures in SMTP; 4xx are transient.

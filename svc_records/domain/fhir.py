@@ -61,7 +61,7 @@ GENDER_CODES = {value: key for key, value in _GENDERS.items()}
 
 
 class FhirError(ValueError):
-    """A bundle or resource is not acceptable; str() says why without PHI."""
+    """A bundle or resource is not acceptable. str() explains why, without PHI."""
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ class NationalId:
 
 
 class InvalidNationalId(ValueError):
-    """The value is not a structurally valid national ID; str() says why."""
+    """The value is not a structurally valid national ID. str() explains why."""
 
 
 def parse_national_id(value: str) -> NationalId:

@@ -1,8 +1,8 @@
 """The ``hin`` command: run, feed and inspect the network on one machine.
 
 Each module in this package adds its subcommands through a
-``register(subparsers)`` function; a subcommand stores its entry point as
-``func`` and returns the process exit code.
+``register(subparsers)`` function. A subcommand stores its entry point as
+``func``, which returns the process exit code.
 """
 
 from __future__ import annotations

@@ -28,8 +28,9 @@ class Database:
     """Engine and transactions of one service's database.
 
     SQLite allows one writer at a time. Every SQLite transaction here starts
-    with BEGIN IMMEDIATE, which takes the write lock up front; two transactions
-    that both read and then write can then never deadlock on a lock upgrade,
+    with BEGIN IMMEDIATE, which takes the write lock up front. So two
+    transactions that both read and then write can never deadlock on a lock
+    upgrade,
     and a check-then-insert inside one transaction is serialized.
     """
 
